@@ -1,0 +1,194 @@
+"""Model files: one file with the weights, the architecture, the normalisation,
+the meaning of the classes and the training record.
+
+A model file is a ``torch.save`` dictionary of tensors and plain values only,
+loaded with ``weights_only=True``: opening a model file never runs code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import UNet, default_class_names
+from .normalize import Normalization
+
+__all__ = [
+    "ModelFileError",
+    "save_model",
+    "load_model",
+    "packaged_model_path",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+]
+
+FORMAT_NAME = "napari-unet-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A file that is not a (readable) napari-unet model."""
+
+
+def packaged_model_path(name: str = "default") -> Path | None:
+    """Path of a model shipped inside the package, or None if there is none."""
+    path = Path(str(resources.files("napari_unet"))) / "models" / f"{name}.pt"
+    return path if path.is_file() else None
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, default=_to_builtin))
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{what} must be plain values (numbers, strings, lists, dicts): {err}"
+        ) from None
+
+
+def _to_builtin(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a plain value")
+
+
+def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Write a model file.
+
+    Parameters
+    ----------
+    model : UNet
+        The network. Its ``normalization``, ``classes`` and ``metadata``
+        attributes are stored with it.
+    path : str or path-like
+        Where to write. The file is written to a temporary name and renamed, so
+        a crash never leaves a half-written model behind.
+    **metadata
+        Extra plain values stored with the model (merged over ``model.metadata``),
+        for example what it was trained on.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> net = UNet(depth=2, base_channels=4)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.pt"
+    >>> _ = save_model(net, path, trained_on="nothing yet")
+    >>> load_model(path).metadata["trained_on"]
+    'nothing yet'
+    """
+    if not isinstance(model, UNet):
+        raise TypeError(f"save_model needs a napari_unet.UNet, not {type(model).__name__}")
+    path = Path(path)
+    meta = dict(getattr(model, "metadata", {}) or {})
+    meta.update(metadata)
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "normalization": model.normalization.to_dict(),
+        "classes": list(model.classes),
+        "metadata": _jsonable(meta, "model metadata"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike | UNet = "default", device: str | None = None) -> UNet:
+    """Read a model file written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : str, path-like or UNet
+        A model file, or ``"default"`` for the model shipped with the plugin. A
+        UNet is returned as it is.
+    device : str, optional
+        Where to put the weights (default: the CPU).
+
+    Returns
+    -------
+    UNet
+        The network in evaluation mode, with ``normalization``, ``classes`` and
+        ``metadata`` set from the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ModelFileError
+        If the file is damaged, truncated or not a napari-unet model.
+    """
+    if isinstance(path, UNet):
+        return path
+    if str(path) == "default":
+        packaged = packaged_model_path("default")
+        if packaged is None:
+            raise ModelFileError(
+                "no pretrained default model ships with this version of napari-unet yet; "
+                "pass a model file (for example one written by save_model or "
+                "`napari-unet train`)"
+            )
+        path = packaged
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a model file"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(
+            f"{path} is not a readable model file (damaged, truncated, another format, or "
+            f"it holds code, which napari-unet never runs): {reason[:200]}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ModelFileError(
+            f"{path} is not a napari-unet model file (a model file written by save_model "
+            "holds the weights with the architecture and normalisation; a bare PyTorch "
+            "state dict or another tool's checkpoint cannot be used directly)"
+        )
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written by a newer napari-unet (format version "
+            f"{payload['format_version']}); update napari-unet to read it"
+        )
+    try:
+        model = UNet(**payload["config"])
+        model.load_state_dict(payload["state_dict"])
+        model.normalization = Normalization.from_dict(payload.get("normalization"))
+        model.classes = tuple(payload.get("classes") or default_class_names(model.n_classes))
+        model.metadata = dict(payload.get("metadata") or {})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(
+            f"{path} is a damaged napari-unet model file: {str(err).splitlines()[0]}"
+        ) from None
+    model.metadata.setdefault("path", str(path))
+    model.eval()
+    if device is not None:
+        from ._utils import resolve_device
+
+        model.to(resolve_device(device))
+    return model

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def disks_image(shape=(96, 128), n=12, radius=(5, 10), seed=0):
+    """A small gray image of bright disks with its exact instance labels."""
+    from skimage.draw import disk
+
+    r = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    for i in range(1, n + 1):
+        rad = r.uniform(*radius)
+        cy, cx = r.uniform(0, shape[0]), r.uniform(0, shape[1])
+        rr, cc = disk((cy, cx), rad, shape=shape)
+        free = labels[rr, cc] == 0
+        labels[rr[free], cc[free]] = i
+    image = (labels > 0) * 150.0 + 20 + r.normal(0, 5, shape)
+    return image.astype(np.float32), labels

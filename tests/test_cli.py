@@ -1,0 +1,153 @@
+"""The command line, end to end on a small image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import disks_image
+
+from napari_unet import UNet, probabilities_to_labels, save_model
+from napari_unet.cli import main
+
+SCRIPT = Path(sys.executable).parent / "napari-unet"
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return save_model(UNet(depth=2, base_channels=4), tmp_path / "model.pt", target={"gap": 1})
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    image, _ = disks_image((70, 90))
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, image.astype(np.uint16))
+    return path
+
+
+def test_help_from_console_script():
+    assert SCRIPT.exists(), "the console script is installed with the package"
+    out = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
+    assert "segment" in out.stdout and "usage: napari-unet" in out.stdout
+    out = subprocess.run([str(SCRIPT), "segment", "--help"], capture_output=True, text=True,
+                         check=True)
+    for flag in ("--model", "--tile", "--device", "--overwrite", "-o"):
+        assert flag in out.stdout
+
+
+def test_segment_end_to_end(tmp_path, image_file, model_file, capsys):
+    out = tmp_path / "labels.tif"
+    overlay = tmp_path / "overlay.png"
+    probs_path = tmp_path / "probs.tif"
+    code = main(["segment", str(image_file), "-o", str(out), "--model", str(model_file),
+                 "--tile", "100", "--device", "cpu", "--overlay", str(overlay),
+                 "--probabilities", str(probs_path)])
+    assert code == 0
+    labels = tifffile.imread(out)
+    probs = tifffile.imread(probs_path)
+    assert labels.shape == (70, 90) and labels.dtype == np.int32
+    assert probs.shape == (2, 70, 90)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probs, grow=2))
+    import imageio.v3 as iio
+
+    picture = iio.imread(overlay)
+    assert picture.shape == (70, 90, 3) and picture.dtype == np.uint8
+    captured = capsys.readouterr()
+    assert "cells" in captured.out and "labels.tif" in captured.out
+
+
+def test_segment_as_a_real_process(tmp_path, image_file, model_file):
+    out = tmp_path / "labels.tif"
+    result = subprocess.run(
+        [str(SCRIPT), "segment", str(image_file), "-o", str(out), "--model", str(model_file)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+    assert "segmenting" in result.stderr  # the progress bar
+
+
+def run_failing(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_existing_output_is_not_overwritten(tmp_path, image_file, model_file, capsys):
+    out = tmp_path / "labels.tif"
+    out.write_bytes(b"precious")
+    err = run_failing(["segment", str(image_file), "-o", str(out), "--model", str(model_file)],
+                      capsys)
+    assert "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    assert main(["segment", str(image_file), "-o", str(out), "--model", str(model_file),
+                 "--overwrite", "-q"]) == 0
+    assert tifffile.imread(out).shape == (70, 90)
+
+
+def test_unreadable_input(tmp_path, model_file, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    err = run_failing(["segment", str(bad), "-o", str(tmp_path / "o.tif"), "--model",
+                       str(model_file)], capsys)
+    assert "cannot read" in err
+    err = run_failing(["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif"),
+                       "--model", str(model_file)], capsys)
+    assert "no such file" in err
+
+
+def test_wrong_dimensions(tmp_path, model_file, capsys):
+    path = tmp_path / "5d.npy"
+    np.save(path, np.zeros((2, 2, 2, 8, 8), np.uint8))
+    err = run_failing(["segment", str(path), "-o", str(tmp_path / "o.tif"), "--model",
+                       str(model_file)], capsys)
+    assert "5 dimensions" in err
+
+
+def test_bad_model_file(tmp_path, image_file, capsys):
+    bad = tmp_path / "m.pt"
+    bad.write_bytes(b"junk")
+    err = run_failing(["segment", str(image_file), "-o", str(tmp_path / "o.tif"), "--model",
+                       str(bad)], capsys)
+    assert "not a readable model file" in err
+
+
+def test_unavailable_device(tmp_path, image_file, model_file, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    err = run_failing(["segment", str(image_file), "-o", str(tmp_path / "o.tif"), "--model",
+                       str(model_file), "--device", "cuda"], capsys)
+    assert "not available" in err
+
+
+def test_info(model_file, capsys):
+    assert main(["info", str(model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "margin" in out and "depth=2" in out
+
+
+def test_stack_input(tmp_path, model_file):
+    image, _ = disks_image((40, 50))
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack([image] * 3))
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(path), "-o", str(out), "--model", str(model_file), "-q",
+                 "--overlay", str(tmp_path / "o.png")]) == 0
+    assert tifffile.imread(out).shape == (3, 40, 50)
+
+
+def test_debug_environment_variable_shows_traceback(tmp_path, model_file, monkeypatch):
+    monkeypatch.setitem(os.environ, "NAPARI_UNET_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif"),
+              "--model", str(model_file)])

@@ -1,0 +1,111 @@
+"""Probabilities to instances, and segment()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import disks_image
+from skimage.segmentation import find_boundaries
+
+import napari_unet as nu
+from napari_unet import ModelFileError, UNet, probabilities_to_labels, save_model, segment
+
+
+def probs_from_labels(labels: np.ndarray, carve: bool = True) -> np.ndarray:
+    """Ideal two-class probabilities with 1-px gaps carved between touching cells."""
+    fg = labels > 0
+    if carve:  # a cell pixel with a 4-neighbour in another cell becomes background
+        padded = np.pad(labels, 1)
+        for dr, dc in [(0, 1), (1, 0), (1, 2), (2, 1)]:
+            nb = padded[dr : dr + labels.shape[0], dc : dc + labels.shape[1]]
+            fg &= ~((nb != labels) & (nb > 0))
+    p = np.zeros((2, *labels.shape), np.float32)
+    p[1] = fg
+    p[0] = 1 - p[1]
+    return p
+
+
+def tiling_labels() -> np.ndarray:
+    """Squares that touch their neighbours, next to isolated ones."""
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 15:25] = 2
+    labels[15:25, 5:15] = 3
+    labels[25:35, 40:50] = 4
+    return labels
+
+
+def test_touching_cells_are_separated_and_grown_back():
+    labels = tiling_labels()
+    carved = probs_from_labels(labels)
+    assert probabilities_to_labels(carved, min_size=1, grow=0).max() == 4  # gaps separate
+    result = probabilities_to_labels(carved, min_size=1, grow=2)
+    assert result.max() == 4
+    for cell in range(1, 5):  # each cell comes back whole, one-to-one
+        found = np.bincount(result[labels == cell]).argmax()
+        a, b = result == found, labels == cell
+        iou = (a & b).sum() / (a | b).sum()
+        assert found > 0 and iou > 0.95, (cell, iou)
+    # only where three cells meet can a pixel or two of background be claimed
+    assert ((result > 0) != (labels > 0)).sum() <= 4
+    assert (result[labels == 0] > 0).sum() <= 4
+
+
+def test_isolated_cells_do_not_grow_into_background():
+    labels = np.zeros((30, 30), np.int32)
+    labels[10:20, 10:20] = 1
+    result = probabilities_to_labels(probs_from_labels(labels), min_size=1, grow=3)
+    np.testing.assert_array_equal(result, labels)
+
+
+def test_min_size_and_threshold():
+    p = np.zeros((2, 20, 20), np.float32)
+    p[1, 2:4, 2:4] = 0.9  # 4 px
+    p[1, 10:18, 10:18] = 0.6
+    p[0] = 1 - p[1]
+    assert probabilities_to_labels(p, min_size=5).max() == 1
+    assert probabilities_to_labels(p, min_size=1).max() == 2
+    assert probabilities_to_labels(p, min_size=1, threshold=0.7).max() == 1
+
+
+def test_stack_ids_are_unique():
+    labels = tiling_labels()
+    p = np.stack([probs_from_labels(labels)] * 3, axis=1)
+    result = probabilities_to_labels(p, min_size=1, grow=2)
+    assert result.shape == (3, 40, 60) and result.dtype == np.int32
+    assert len(np.unique(result)) == 13
+
+
+def test_three_class_rule():
+    labels = tiling_labels()
+    boundary = find_boundaries(labels, mode="inner")
+    p = np.zeros((3, *labels.shape), np.float32)
+    p[2] = boundary
+    p[1] = (labels > 0) & ~boundary
+    p[0] = labels == 0
+    result = probabilities_to_labels(p, ("background", "interior", "boundary"), min_size=1,
+                                     grow=1)
+    assert result.max() == 4
+    np.testing.assert_array_equal(result > 0, labels > 0)
+    assert len(set(zip(labels.ravel().tolist(), result.ravel().tolist()))) == 5
+
+
+def test_shape_mismatch_is_clear():
+    with pytest.raises(ValueError, match="n_classes=2"):
+        probabilities_to_labels(np.zeros((3, 4, 4)))
+
+
+def test_segment_without_packaged_model_says_so(monkeypatch):
+    monkeypatch.setattr(nu.core.checkpoints, "packaged_model_path", lambda name="default": None)
+    with pytest.raises(ModelFileError, match="no pretrained default model"):
+        segment(np.zeros((30, 30)))
+
+
+def test_segment_with_model_file(tmp_path):
+    image, _ = disks_image()
+    net = UNet(depth=2, base_channels=4)
+    path = save_model(net, tmp_path / "m.pt", target={"gap": 1})
+    labels, probs = segment(image, path, return_probabilities=True)
+    assert labels.shape == image.shape and labels.dtype == np.int32
+    assert probs.shape == (2, *image.shape)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probs, min_size=16, grow=2))
