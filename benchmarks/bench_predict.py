@@ -74,16 +74,23 @@ def whole_image_pass(model: UNet, image: np.ndarray, device: torch.device) -> fl
 
 
 RSS_CHILD = r"""
-import json, resource, sys, numpy as np, torch
+import json, sys, numpy as np, torch
 from napari_unet import UNet, predict_tiled
+
+def hwm():
+    # peak resident memory of this process (VmHWM), in bytes
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+
 size, base, tile = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 model = UNet(base_channels=base).eval()
 image = np.random.default_rng(0).integers(0, 4096, (size, size), dtype=np.uint16)
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak to the current resident memory
+before = hwm()
 probs = predict_tiled(model, image, tile_shape=tile if tile else None, device="cpu")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak": peak, "before": base_rss, "output": probs.nbytes}))
+print(json.dumps({"peak": hwm(), "before": before, "output": probs.nbytes}))
 """
 
 

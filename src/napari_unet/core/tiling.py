@@ -459,6 +459,7 @@ def _predict_plane(
     offsets = np.array([s[0] for s in stats], dtype=np.float32)[:, None, None]
     scales = np.array([s[1] for s in stats], dtype=np.float32)[:, None, None]
     origins = plan.origins()
+    dtype = next(model.parameters()).dtype  # float32 usually; float64 for exactness checks
     plane_index = (plane,) if "z" in layout.axes else ()
     for start in range(0, len(origins), batch):
         chunk = origins[start : start + batch]
@@ -473,7 +474,7 @@ def _predict_plane(
                     "with numpy.nan_to_num) before segmenting"
                 )
             tiles.append((tile - offsets) / scales)
-        x = torch.from_numpy(np.stack(tiles)).to(device)
+        x = torch.from_numpy(np.stack(tiles)).to(device=device, dtype=dtype)
         with torch.inference_mode():
             probs = torch.softmax(model(x), dim=1)
         cr, cc = plan.crop
