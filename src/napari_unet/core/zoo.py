@@ -1,0 +1,88 @@
+"""Where models live: the ones shipped with the plugin and the ones a user trained.
+
+User models go to a per-user folder that follows the platform's conventions
+(never the working directory):
+
+* Linux: ``$XDG_DATA_HOME/napari-unet/models`` (``~/.local/share/napari-unet/models``)
+* macOS: ``~/Library/Application Support/napari-unet/models``
+* Windows: ``%LOCALAPPDATA%\\napari-unet\\models``
+
+The environment variable ``NAPARI_UNET_MODELS_DIR`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ModelInfo", "user_models_dir", "list_models"]
+
+
+def user_models_dir(create: bool = False) -> Path:
+    """The folder where models trained by this user are saved."""
+    override = os.environ.get("NAPARI_UNET_MODELS_DIR")
+    if override:
+        path = Path(override)
+    elif sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        path = Path(base) / "napari-unet" / "models"
+    elif sys.platform == "darwin":
+        path = Path.home() / "Library" / "Application Support" / "napari-unet" / "models"
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        path = Path(base) / "napari-unet" / "models"
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model file and what it says about itself (without building the network)."""
+
+    name: str
+    path: Path
+    source: str  # "packaged" or "user"
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.source})"
+
+
+def _read_metadata(path: Path) -> dict[str, Any] | None:
+    try:
+        payload = torch.load(path, map_location="meta", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable files are simply not listed
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != "napari-unet-model":
+        return None
+    meta = dict(payload.get("metadata") or {})
+    meta.setdefault("config", payload.get("config"))
+    return meta
+
+
+def list_models() -> list[ModelInfo]:
+    """The packaged models, then the user's models (newest first).
+
+    Files in the user folder that are not readable napari-unet models are skipped.
+    """
+    found: list[ModelInfo] = []
+    packaged = Path(str(resources.files("napari_unet"))) / "models"
+    for path in sorted(packaged.glob("*.pt")):
+        meta = _read_metadata(path)
+        if meta is not None:
+            found.append(ModelInfo(path.stem, path, "packaged", meta))
+    user = user_models_dir()
+    if user.is_dir():
+        files = sorted(user.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in files:
+            meta = _read_metadata(path)
+            if meta is not None:
+                found.append(ModelInfo(path.stem, path, "user", meta))
+    return found
