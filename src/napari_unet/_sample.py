@@ -15,7 +15,8 @@ def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
     """
     from .core.synthetic import make_sample, partial_labels
 
-    image, labels = make_sample("nuclei", shape=(512, 512), seed=2015)
+    image, labels = make_sample("nuclei", shape=(512, 512), seed=2015, layout="clustered",
+                                touching=0.7, density=0.3)
     few = partial_labels(labels, fraction=0.25, rng=2015)
     return [
         (image, {"name": "nuclei"}, "image"),
