@@ -151,3 +151,20 @@ def test_debug_environment_variable_shows_traceback(tmp_path, model_file, monkey
     with pytest.raises(FileNotFoundError):
         main(["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif"),
               "--model", str(model_file)])
+
+
+def test_weightmap_command(tmp_path, capsys):
+    from conftest import disks_image
+
+    from napari_unet.core.weightmap import boundary_weight_map, training_targets
+
+    _, labels = disks_image((60, 80), n=15)
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, labels.astype(np.uint16))
+    out = tmp_path / "w.tif"
+    assert main(["weightmap", str(path), "-o", str(out), "--w0", "8", "--sigma", "3"]) == 0
+    np.testing.assert_allclose(tifffile.imread(out), boundary_weight_map(labels, 8, 3))
+    assert main(["weightmap", str(path), "-o", str(out), "--gap", "1", "--overwrite"]) == 0
+    np.testing.assert_allclose(tifffile.imread(out), training_targets(labels, gap=1)[1])
+    err = run_failing(["weightmap", str(path), "-o", str(out)], capsys)
+    assert "exists" in err

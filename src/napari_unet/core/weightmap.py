@@ -21,12 +21,14 @@ Speed
 -----
 The border term is below ``1e-6 · w0`` wherever ``d1 + d2 > D`` with
 ``D = σ·sqrt(2 ln 10⁶) ≈ 5.26 σ``, and it is set to exactly 0 there. So only
-cells closer than ``D`` to a pixel matter: ``d1`` and the nearest cell come
-from one Euclidean distance transform of the whole image, and ``d2`` from one
-small distance transform per cell, over the cell's bounding box grown by
-``D`` (cells with no other cell within ``D`` are skipped). The cost grows with
-the image, not with cells × pixels. :class:`WeightMapCache` recomputes only
-the neighbourhood of an edit, with a result identical to a full computation.
+cells closer than ``D`` to a pixel matter. Each cell gets one small Euclidean
+distance transform over its bounding box grown by ``D``, and the two smallest
+distances per pixel are kept; both cells that matter at a pixel reach it, so
+``d1`` and ``d2`` are exact wherever ``d1 + d2 <= D``. Cells with no other
+cell within ``D`` are skipped. The cost grows with the image area (the
+windows), not with cells × pixels, and small windows stay in the CPU cache.
+:class:`WeightMapCache` recomputes only the neighbourhood of an edit, with a
+result identical to a full computation.
 """
 
 from __future__ import annotations
@@ -104,35 +106,38 @@ def border_term(
         return out
     spacing = _sampling(sampling)
     big = cutoff_distance(sigma)
-    objects = ndi.find_objects(lab.clip(min=0))
+    if lab.min() < 0:
+        raise ValueError("labels must be 0 (background) or positive cell ids, not negative")
+    if lab.max() > lab.size:  # huge ids: renumber so that find_objects stays small
+        lab = np.unique(lab, return_inverse=True)[1].reshape(lab.shape)
+    objects = ndi.find_objects(lab)
     ids = [i + 1 for i, sl in enumerate(objects) if sl is not None]
     if len(ids) < 2:
         return out
     background = lab == 0
     if not background.any():
         return out
-    d1, (ir, ic) = ndi.distance_transform_edt(background, sampling=spacing, return_indices=True)
-    nearest = lab[ir, ic]
-    del ir, ic
-    d2 = np.full(lab.shape, np.inf)
+    # the two smallest distances to cells, over the cells whose reach covers a pixel
+    d1 = np.full(lab.shape, np.inf, np.float32)
+    d2 = np.full(lab.shape, np.inf, np.float32)
     pad = [int(math.ceil(big / s)) + 1 for s in spacing]
     h, w = lab.shape
     for i in ids:
         rs, cs = objects[i - 1]
-        r0, r1 = max(rs.start - pad[0], 0), min(rs.stop + pad[0], h)
-        c0, c1 = max(cs.start - pad[1], 0), min(cs.stop + pad[1], w)
-        sub = lab[r0:r1, c0:c1]
+        win = (slice(max(rs.start - pad[0], 0), min(rs.stop + pad[0], h)),
+               slice(max(cs.start - pad[1], 0), min(cs.stop + pad[1], w)))
+        sub = lab[win]
         not_i = sub != i
-        others = not_i & (sub != 0)
-        if not others.any():
-            continue  # no other cell within reach: i is nobody's second nearest cell
-        dist = ndi.distance_transform_edt(not_i, sampling=spacing)
-        view = d2[r0:r1, c0:c1]
-        better = (dist < view) & (nearest[r0:r1, c0:c1] != i) & background[r0:r1, c0:c1]
-        view[better] = dist[better]
+        if not (not_i & (sub != 0)).any():
+            continue  # no other cell within reach: i matters to nobody's d1 + d2 <= D
+        dist = ndi.distance_transform_edt(not_i, sampling=spacing).astype(np.float32)
+        v1, v2 = d1[win], d2[win]
+        np.minimum(v2, np.maximum(v1, dist), out=v2)
+        np.minimum(v1, dist, out=v1)
     total = d1 + d2
     near = background & (total <= big)
-    out[near] = (w0 * np.exp(-(total[near] ** 2) / (2.0 * sigma**2))).astype(np.float32)
+    t = total[near].astype(np.float64)
+    out[near] = (w0 * np.exp(-(t**2) / (2.0 * sigma**2))).astype(np.float32)
     return out
 
 
@@ -413,8 +418,23 @@ class WeightMapCache:
         fg = self.labels > 0
         self.counts = np.array([fg.size - int(fg.sum()), int(fg.sum())], dtype=np.int64)
         self._table = class_weight_table(self.counts, class_weights)
-        self.weights = self._table[fg.astype(np.intp)] + self.border
+        self._weights: np.ndarray | None = None
         self._reach = [int(math.ceil(cutoff_distance(sigma) / s)) + 1 for s in self.sampling]
+        #: True when the last update changed the class-balance weights (so every pixel's
+        #: weight changed a little, not only those in the returned region).
+        self.balance_changed = False
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The full float32 weight map (composed on first access after an update)."""
+        if self._weights is None:
+            self._weights = self._table[(self.labels > 0).astype(np.intp)] + self.border
+        return self._weights
+
+    def region_weights(self, region: Sequence[slice]) -> np.ndarray:
+        """The weight map in a region, without composing the whole map."""
+        r = tuple(region)
+        return self._table[(self.labels[r] > 0).astype(np.intp)] + self.border[r]
 
     def update(self, labels: Any, box: Sequence[slice] | None = None) -> tuple[slice, slice]:
         """Bring the map up to date after an edit.
@@ -429,8 +449,10 @@ class WeightMapCache:
         Returns
         -------
         (slice, slice)
-            The part of :attr:`weights` that may have changed: the whole plane when
-            the class balance changed, else the neighbourhood of ``box``.
+            The neighbourhood of ``box`` where the border term may have changed.
+            When :attr:`balance_changed` is True the class-balance term of every
+            pixel changed too (slightly, for a small edit); :attr:`weights` is then
+            composed again on its next access.
         """
         lab = _as_labels(labels)
         if lab.shape != self.labels.shape:
@@ -456,10 +478,10 @@ class WeightMapCache:
         self.border[ir, ic] = sub[inner[0][0] - outer[0][0]:inner[0][1] - outer[0][0],
                                   inner[1][0] - outer[1][0]:inner[1][1] - outer[1][0]]
         table = class_weight_table(self.counts, self.class_weights)
-        if not np.array_equal(table, self._table):
+        self.balance_changed = not np.array_equal(table, self._table)
+        if self.balance_changed:
             self._table = table
-            self.weights = self._table[(self.labels > 0).astype(np.intp)] + self.border
-            return (slice(0, h), slice(0, w))
-        self.weights[ir, ic] = self._table[(self.labels[ir, ic] > 0).astype(np.intp)] + \
-            self.border[ir, ic]
+            self._weights = None  # every pixel's w_c changed: compose again when asked
+        elif self._weights is not None:
+            self._weights[ir, ic] = self.region_weights((ir, ic))
         return (ir, ic)
