@@ -7,6 +7,8 @@ callbacks change the layers.
 
 from __future__ import annotations
 
+from .annotate import AnnotateWidget
 from .segment import SegmentWidget
+from .train import TrainWidget
 
-__all__ = ["SegmentWidget"]
+__all__ = ["AnnotateWidget", "SegmentWidget", "TrainWidget"]

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from psygnal import Signal
 
 from ..core.zoo import list_models
 
-__all__ = ["model_choices", "spatial_axes", "layer_region", "start_worker", "NEW_FILE"]
+__all__ = ["model_choices", "layer_region", "start_worker", "NEW_FILE", "models_changed"]
 
 NEW_FILE = "Model file…"
+
+
+class _ModelEvents:
+    changed = Signal()
+
+
+#: Emitted (in the main thread) when a model was saved to the user's models folder.
+models_changed = _ModelEvents().changed
 
 
 def model_choices(_widget: Any = None) -> list[tuple[str, Any]]:
@@ -20,11 +28,6 @@ def model_choices(_widget: Any = None) -> list[tuple[str, Any]]:
     choices: list[tuple[str, Any]] = [(str(info), info.path) for info in list_models()]
     choices.append((NEW_FILE, NEW_FILE))
     return choices
-
-
-def spatial_axes(layer: Any) -> int:
-    """Number of leading (non-colour) axes of an image layer's data."""
-    return layer.ndim
 
 
 def _level0(layer: Any) -> Any:
@@ -86,6 +89,3 @@ def start_worker(
     worker.start()
     return worker
 
-
-def model_label(path: Path | str) -> str:
-    return Path(path).stem

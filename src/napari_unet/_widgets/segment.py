@@ -20,7 +20,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..core import available_devices, iter_segment, load_model
-from ._common import NEW_FILE, layer_region, model_choices, start_worker
+from ._common import NEW_FILE, layer_region, model_choices, models_changed, start_worker
 
 if TYPE_CHECKING:
     import napari
@@ -75,6 +75,8 @@ class SegmentWidget(Container):
         self.worker: Any = None
         self.last_result: Any = None
         self._on_model_changed(self.model.value)
+        models_changed.connect(self.refresh_models)
+        self.native.destroyed.connect(lambda *_: models_changed.disconnect(self.refresh_models))
 
     # ----------------------------------------------------------------- helpers
     def _on_model_changed(self, value: Any) -> None:
