@@ -38,7 +38,7 @@ def test_create_layer_new_cell_and_count(setup, qtbot):
     assert labels.selected_label == 2
     labels.paint((21, 25), 2)
     settle(qtbot, w)
-    assert w.count.value == "2"
+    qtbot.waitUntil(lambda: w.count.value == "2", timeout=5000)  # counted when painting pauses
 
 
 def test_preview_follows_paint_fill_and_erase(setup, qtbot):

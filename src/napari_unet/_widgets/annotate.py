@@ -95,19 +95,39 @@ class AnnotateWidget(Container):
         self._target_layer: Any = None
         self.last_update_ms: float | None = None
         # after painting pauses, bring the class-balance term of the whole plane up to date
-        self._full_refresh = QTimer()
+        self._full_refresh = QTimer(self.native)
         self._full_refresh.setSingleShot(True)
         self._full_refresh.setInterval(400)
-        self._full_refresh.timeout.connect(lambda: self._refresh_plane())
+        self._full_refresh.timeout.connect(self._when_idle)
         # napari emits the paint event before it writes the new values: apply the
         # changes once the event loop is back (which also merges quick successive events)
         self._pending_box: tuple[slice, ...] | None = None
         self._pending_diff = False  # undo, redo and scripts change data without paint events
-        self._apply = QTimer()
+        self._idle_refresh = False
+        self._apply = QTimer(self.native)
         self._apply.setSingleShot(True)
         self._apply.setInterval(0)
         self._apply.timeout.connect(self._apply_pending)
+        self.native.destroyed.connect(self._disconnect_all)
         self._on_labels_changed(self.labels.value)
+
+    def _when_idle(self) -> None:
+        """Work that can wait until painting pauses: the cell count, the class balance."""
+        self._update_count()
+        if self._idle_refresh:
+            self._idle_refresh = False
+            self._refresh_plane()
+
+    def _disconnect_all(self, *_: Any) -> None:
+        """Stop listening to the viewer and the layer once the dock widget is gone."""
+        self._full_refresh.stop()
+        self._apply.stop()
+        self.viewer.dims.events.current_step.disconnect(self._on_plane_changed)
+        if self._connected is not None:
+            self._connected.events.paint.disconnect(self._on_paint)
+            self._connected.events.data.disconnect(self._on_data_replaced)
+            self._connected.events.set_data.disconnect(self._on_set_data)
+            self._connected = None
 
     # ----------------------------------------------------------------- layers
     def create_labels_layer(self) -> Any:
@@ -156,8 +176,16 @@ class AnnotateWidget(Container):
 
     def _update_count(self) -> None:
         layer = self.labels.value
-        ids = np.unique(np.asarray(layer.data)) if layer is not None else np.zeros(1)
-        self.count.value = str(int(np.count_nonzero(ids)))
+        if layer is None:
+            self.count.value = "0"
+            return
+        data = np.asarray(layer.data)
+        top = int(data.max()) if data.size else 0
+        if 0 <= data.min() and top < 4 * data.size:  # cheap for ordinary ids
+            n = int(np.count_nonzero(np.bincount(data.ravel(), minlength=1)[1:]))
+        else:
+            n = int(np.count_nonzero(np.unique(data)))
+        self.count.value = str(n)
 
     # ---------------------------------------------------------------- preview
     def _plane_index(self) -> tuple[int, ...]:
@@ -194,7 +222,7 @@ class AnnotateWidget(Container):
             self._preview_layer = self.viewer.add_image(
                 np.zeros(layer.data.shape, np.float32), name=layer.name + PREVIEW_SUFFIX,
                 colormap="inferno", blending="additive", opacity=0.8, scale=layer.scale,
-                translate=layer.translate,
+                translate=layer.translate, contrast_limits=(0.0, self.w0.value + 2.0),
             )
             self._reselect(layer)
         if self.show_target.value and self._target_layer is None:
@@ -235,7 +263,7 @@ class AnnotateWidget(Container):
                 region = cache.update(plane, box)
                 self._preview_layer.data[index + region] = cache.region_weights(region)
                 if cache.balance_changed:
-                    self._full_refresh.start()
+                    self._idle_refresh = True
             self._preview_layer.refresh()
         if self._target_layer is not None:
             h, w = plane.shape
@@ -295,12 +323,11 @@ class AnnotateWidget(Container):
         layer = self.labels.value
         if layer is None:
             return
+        self._full_refresh.start()  # (re)start the countdown to the idle work
         if box is None and diff:  # a paint event brings its own box; else look for changes
             box = self._changed_since_cached()
-            self._update_count()
         if box is None:
             return
-        self._update_count()
         index = self._plane_index()
         if layer.ndim > 2:
             for key in list(self._caches):  # other planes edited (e.g. by undo): recompute
