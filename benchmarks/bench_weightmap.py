@@ -62,17 +62,21 @@ def best(fn, repeats: int) -> float:
 
 
 def stroke(labels, rng, width, value, length=200):
-    """Paint a straight stroke of disks; return the changed bounding box."""
+    """Paint a brush stroke: a polyline of 3 segments (~``length`` px in all) of disks of
+    diameter ``width``. Returns the changed bounding box."""
     h, w = labels.shape
-    r0, c0 = rng.uniform(width, h - width), rng.uniform(width, w - width)
+    point = np.array([rng.uniform(width, h - width), rng.uniform(width, w - width)])
     angle = rng.uniform(0, 2 * np.pi)
-    r1 = np.clip(r0 + length * np.sin(angle), 0, h - 1)
-    c1 = np.clip(c0 + length * np.cos(angle), 0, w - 1)
     rows, cols = [], []
-    for t in np.linspace(0, 1, max(int(length / max(width / 4, 1)), 2)):
-        rr, cc = disk((r0 + t * (r1 - r0), c0 + t * (c1 - c0)), width / 2, shape=labels.shape)
-        rows.append(rr)
-        cols.append(cc)
+    for _ in range(3):
+        angle += rng.uniform(-1.0, 1.0)
+        end = np.clip(point + length / 3 * np.array([np.sin(angle), np.cos(angle)]), 0,
+                      np.array([h - 1, w - 1]))
+        for t in np.linspace(0, 1, max(int(length / 3 / max(width / 4, 1)), 2)):
+            rr, cc = disk(tuple(point + t * (end - point)), width / 2, shape=labels.shape)
+            rows.append(rr)
+            cols.append(cc)
+        point = end
     rr, cc = np.concatenate(rows), np.concatenate(cols)
     labels[rr, cc] = value
     return (slice(int(rr.min()), int(rr.max()) + 1), slice(int(cc.min()), int(cc.max()) + 1))
@@ -108,17 +112,22 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ids = np.unique(labels)
     print(f"\nincremental update after a brush stroke, {size}x{size} with {len(ids) - 1} cells "
-          "(median of 15 strokes, each painting an existing or new cell or erasing):")
+          "(median of 15 strokes, each painting an existing or new cell or erasing;\n"
+          " 'update' = WeightMapCache.update, '+ read' adds reading the changed region's "
+          "weights as the napari preview does):")
     for width in (10, 40, 100):
-        times = []
+        times, reads = [], []
         for k in range(15):
             value = 0 if k % 5 == 4 else int(rng.choice(ids[1:])) if k % 2 else int(ids[-1]) + k
             box = stroke(labels, rng, width, value)
             t = time.perf_counter()
-            cache.update(labels, box)
+            region = cache.update(labels, box)
             times.append(time.perf_counter() - t)
-        print(f"  {width:>3} px stroke: median {np.median(times) * 1000:6.1f} ms, "
-              f"max {np.max(times) * 1000:6.1f} ms")
+            cache.region_weights(region)
+            reads.append(time.perf_counter() - t)
+        print(f"  {width:>3} px stroke: update median {np.median(times) * 1000:5.1f} ms "
+              f"(max {np.max(times) * 1000:5.1f}), + read median "
+              f"{np.median(reads) * 1000:5.1f} ms")
     assert np.array_equal(cache.weights, boundary_weight_map(labels)), "cache != full"
     print("  (after all strokes the cache equals a full recomputation exactly)")
 

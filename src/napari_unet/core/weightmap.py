@@ -63,20 +63,37 @@ def cutoff_distance(sigma: float) -> float:
 
 
 def _as_labels(labels: Any, name: str = "labels") -> np.ndarray:
+    """The labels as an integer array of 2 or 3 dimensions (never a copy unless needed)."""
     arr = np.asarray(labels)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be 2D (row, col) or a stack (plane, row, col), "
+                         f"got shape {arr.shape}; pass one image or a stack of planes")
     if arr.dtype == bool:
         return arr.astype(np.int32)
     if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
+        if (np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all()
+                and np.all(np.mod(arr, 1) == 0)):
             return arr.astype(np.int64)
         raise ValueError(
             f"{name} must hold integer instance ids (0 = background), not {arr.dtype} values; "
             "convert them with labels.astype(int) if they are whole numbers"
         )
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{name} must be 2D (row, col) or a stack (plane, row, col), "
-                         f"got shape {arr.shape}")
     return arr
+
+
+def _check_nonnegative(lab: np.ndarray, name: str = "labels") -> None:
+    if lab.size and np.issubdtype(lab.dtype, np.signedinteger) and lab.min() < 0:
+        raise ValueError(f"{name} must be 0 (background) or positive cell ids, but hold "
+                         f"{int(lab.min())}; mark unannotated pixels with ignore_value= in "
+                         "training_targets, or set them to 0")
+
+
+def _check_params(w0: float, sigma: float) -> None:
+    if not (math.isfinite(float(w0)) and float(w0) >= 0):
+        raise ValueError(f"w0 must be a finite number >= 0 (10 in the paper), not {w0!r}")
+    if not (math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise ValueError(f"sigma must be a finite distance > 0 (5 pixels in the paper), "
+                         f"not {sigma!r}")
 
 
 def _sampling(sampling: Any) -> tuple[float, float]:
@@ -100,16 +117,18 @@ def border_term(
     """
     lab = _as_labels(labels)
     if lab.ndim != 2:
-        raise ValueError("border_term takes one 2D plane")
+        raise ValueError(f"border_term takes one 2D plane, got shape {lab.shape}; "
+                         "use boundary_weight_map for stacks")
+    _check_params(w0, sigma)
+    _check_nonnegative(lab)
+    spacing = _sampling(sampling)
     out = np.zeros(lab.shape, np.float32)
     if w0 == 0 or lab.size == 0:
         return out
-    spacing = _sampling(sampling)
     big = cutoff_distance(sigma)
-    if lab.min() < 0:
-        raise ValueError("labels must be 0 (background) or positive cell ids, not negative")
-    if lab.max() > lab.size:  # huge ids: renumber so that find_objects stays small
-        lab = np.unique(lab, return_inverse=True)[1].reshape(lab.shape)
+    if lab.max() > lab.size:  # huge ids: renumber (0 stays 0) so that find_objects stays small
+        uniq, inverse = np.unique(lab, return_inverse=True)
+        lab = inverse.reshape(lab.shape) + (0 if uniq[0] == 0 else 1)
     objects = ndi.find_objects(lab)
     ids = [i + 1 for i, sl in enumerate(objects) if sl is not None]
     if len(ids) < 2:
@@ -231,9 +250,14 @@ def boundary_weight_map(
     The gap column is one pixel from each cell: ``1 + 10·exp(-(1+1)²/(2·2²)) ≈ 7.1``.
     """
     lab = _as_labels(labels)
-    fg = (lab > 0).astype(np.intp)
-    table = class_weight_table(np.bincount(fg.ravel(), minlength=2)[:2], class_weights)
-    out = table[fg].astype(np.float32)
+    _check_params(w0, sigma)
+    _check_nonnegative(lab)
+    _sampling(sampling)
+    fg = lab > 0
+    n_fg = int(np.count_nonzero(fg))
+    table = class_weight_table([fg.size - n_fg, n_fg], class_weights)
+    out = np.where(fg, table[1], table[0]).astype(np.float32, copy=False)
+    del fg
     planes = [lab] if lab.ndim == 2 else list(lab)
     views = [out] if lab.ndim == 2 else list(out)
     for plane, view in zip(planes, views):
@@ -325,9 +349,11 @@ def training_targets(
     lab = _as_labels(labels)
     if mode not in ("binary", "boundary"):
         raise ValueError(f"mode must be 'binary' or 'boundary', not {mode!r}")
+    _check_params(w0, sigma)
     ignore = np.zeros(lab.shape, bool) if ignore_value is None else lab == ignore_value
     if ignore.any():
         lab = np.where(ignore, 0, lab)
+    _check_nonnegative(lab)
     if mode == "binary":
         cells = carve_gaps(lab, gap)
         classes = (cells > 0).astype(np.uint8)
@@ -353,6 +379,34 @@ def training_targets(
     classes[ignore] = IGNORE_INDEX
     weights[ignore] = 0.0
     return classes, weights
+
+
+def _changed_box(box: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Row and column slices (step 1, within ``shape``) covering ``box``."""
+    if box is None:
+        return (slice(0, shape[0]), slice(0, shape[1]))
+    if len(box) != 2:
+        raise ValueError(f"the changed region needs (rows, cols) slices or index arrays, "
+                         f"got {len(box)} items; pass the 2D box of the edit")
+    out = []
+    for item, n in zip(box, shape):
+        if isinstance(item, slice):
+            start, stop, step = item.indices(n)
+            if step != 1:
+                raise ValueError("the changed box must use slices of step 1")
+            out.append(slice(start, max(stop, start)))
+            continue
+        idx = np.asarray(item)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"changed indices must be integers, not {idx.dtype}")
+        if idx.size == 0:
+            return (slice(0, 0), slice(0, 0))
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < -n or hi >= n:
+            raise ValueError(f"changed indices {lo}..{hi} lie outside the image ({n} pixels)")
+        idx = np.where(idx < 0, idx + n, idx)
+        out.append(slice(int(idx.min()), int(idx.max()) + 1))
+    return (out[0], out[1])
 
 
 def _edges(lab: np.ndarray) -> np.ndarray:
@@ -410,7 +464,10 @@ class WeightMapCache:
     ) -> None:
         lab = _as_labels(labels)
         if lab.ndim != 2:
-            raise ValueError("WeightMapCache holds one 2D plane; make one per plane of a stack")
+            raise ValueError(f"WeightMapCache holds one 2D plane, got shape {lab.shape}; "
+                             "make one cache per plane of a stack")
+        _check_params(w0, sigma)
+        _check_nonnegative(lab)
         self.w0, self.sigma, self.class_weights = float(w0), float(sigma), class_weights
         self.sampling = _sampling(sampling)
         self.labels = lab.copy()
@@ -428,23 +485,31 @@ class WeightMapCache:
     def weights(self) -> np.ndarray:
         """The full float32 weight map (composed on first access after an update)."""
         if self._weights is None:
-            self._weights = self._table[(self.labels > 0).astype(np.intp)] + self.border
+            self._weights = self._compose(self.labels, self.border)
         return self._weights
+
+    def _compose(self, labels: np.ndarray, border: np.ndarray) -> np.ndarray:
+        out = np.where(labels > 0, self._table[1], self._table[0]).astype(np.float32)
+        out += border
+        return out
 
     def region_weights(self, region: Sequence[slice]) -> np.ndarray:
         """The weight map in a region, without composing the whole map."""
         r = tuple(region)
-        return self._table[(self.labels[r] > 0).astype(np.intp)] + self.border[r]
+        return self._compose(self.labels[r], self.border[r])
 
-    def update(self, labels: Any, box: Sequence[slice] | None = None) -> tuple[slice, slice]:
+    def update(self, labels: Any, box: Any = None) -> tuple[slice, slice]:
         """Bring the map up to date after an edit.
 
         Parameters
         ----------
         labels : array-like of int
             The edited 2D label image (the whole plane).
-        box : (slice, slice), optional
-            Bounding box of the changed pixels (rows, cols); None means anywhere.
+        box : (slice, slice) or (array, array), optional
+            Where the labels changed: the bounding box of the changed pixels as
+            ``(rows, cols)`` slices, or the changed pixels' indices as two integer
+            arrays (rows, cols), as napari's paint event gives them. None means
+            anywhere. Every changed pixel must lie inside it.
 
         Returns
         -------
@@ -459,9 +524,14 @@ class WeightMapCache:
             raise ValueError(f"the labels changed shape ({self.labels.shape} -> {lab.shape}); "
                              "make a new WeightMapCache")
         h, w = lab.shape
-        if box is None:
-            box = (slice(0, h), slice(0, w))
-        rs, cs = (slice(*s.indices(n)[:2]) for s, n in zip(box, (h, w)))
+        rs, cs = _changed_box(box, (h, w))
+        if rs.start >= rs.stop or cs.start >= cs.stop:  # nothing changed
+            self.balance_changed = False
+            return (slice(0, 0), slice(0, 0))
+        _check_nonnegative(lab[rs, cs])
+        if not np.can_cast(lab.dtype, self.labels.dtype):  # e.g. ids beyond the old dtype
+            wider = np.promote_types(lab.dtype, self.labels.dtype)
+            self.labels = self.labels.astype(wider if wider.kind in "iu" else lab.dtype)
         old_fg = int(np.count_nonzero(self.labels[rs, cs]))
         self.labels[rs, cs] = lab[rs, cs]
         new_fg = int(np.count_nonzero(self.labels[rs, cs]))
