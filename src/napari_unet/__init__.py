@@ -3,7 +3,8 @@
 The public API works without a viewer::
 
     import napari_unet as nu
-    labels = nu.segment(image, model="my_model.pt")
+    model = nu.train(image, labels, max_time=120).model
+    labels = nu.segment(other_image, model)
 
 Everything importable from here lives in :mod:`napari_unet.core`, which never
 imports Qt or napari; the napari widgets live in ``napari_unet._widgets``.
@@ -15,17 +16,29 @@ from .core import (
     ImageLayout,
     InvalidInputShapeError,
     ModelFileError,
+    ModelInfo,
     Normalization,
     TileProgress,
+    TrainingRun,
+    TrainProgress,
+    TrainResult,
     UNet,
+    WeightMapCache,
     available_devices,
+    boundary_weight_map,
     iter_predict_tiled,
     iter_segment,
+    iter_train,
+    list_models,
     load_model,
+    metrics,
     predict_tiled,
     probabilities_to_labels,
     save_model,
     segment,
+    train,
+    training_targets,
+    user_models_dir,
 )
 
 __version__ = "0.1.0"
@@ -41,8 +54,20 @@ __all__ = [
     "segment",
     "iter_segment",
     "probabilities_to_labels",
+    "boundary_weight_map",
+    "WeightMapCache",
+    "training_targets",
+    "train",
+    "iter_train",
+    "TrainProgress",
+    "TrainResult",
+    "TrainingRun",
+    "metrics",
     "save_model",
     "load_model",
     "ModelFileError",
+    "list_models",
+    "ModelInfo",
+    "user_models_dir",
     "available_devices",
 ]

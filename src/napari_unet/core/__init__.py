@@ -6,12 +6,18 @@ and in tests without a display.
 
 from __future__ import annotations
 
+from . import metrics
 from ._utils import available_devices, resolve_device, run_to_completion
+from .augment import AugmentConfig, augment_pair
 from .checkpoints import ModelFileError, load_model, packaged_model_path, save_model
 from .instances import iter_segment, probabilities_to_labels, segment
+from .metrics import MatchResult, match
 from .model import InvalidInputShapeError, UNet
 from .normalize import Normalization
 from .tiling import ImageLayout, TileProgress, iter_predict_tiled, plan_tiles, predict_tiled
+from .training import TrainingRun, TrainProgress, TrainResult, iter_train, new_model, train
+from .weightmap import WeightMapCache, boundary_weight_map, training_targets
+from .zoo import ModelInfo, list_models, user_models_dir
 
 __all__ = [
     "UNet",
@@ -25,10 +31,27 @@ __all__ = [
     "segment",
     "iter_segment",
     "probabilities_to_labels",
+    "boundary_weight_map",
+    "WeightMapCache",
+    "training_targets",
+    "iter_train",
+    "train",
+    "new_model",
+    "TrainProgress",
+    "TrainResult",
+    "TrainingRun",
+    "metrics",
+    "match",
+    "MatchResult",
+    "AugmentConfig",
+    "augment_pair",
     "save_model",
     "load_model",
     "packaged_model_path",
     "ModelFileError",
+    "list_models",
+    "ModelInfo",
+    "user_models_dir",
     "available_devices",
     "resolve_device",
     "run_to_completion",
