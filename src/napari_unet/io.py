@@ -73,7 +73,7 @@ def write_image(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = 
     if suffix in _TIFF:
         import tifffile
 
-        tifffile.imwrite(path, np.asarray(data), compression="zlib")
+        tifffile.imwrite(path, np.asarray(data), compression="zlib", photometric="minisblack")
     elif suffix == ".npy":
         np.save(path, np.asarray(data))
     elif suffix == ".png":
