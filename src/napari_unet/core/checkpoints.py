@@ -22,6 +22,7 @@ from .normalize import Normalization
 __all__ = [
     "ModelFileError",
     "save_model",
+    "atomic_torch_save",
     "load_model",
     "packaged_model_path",
     "FORMAT_NAME",
@@ -104,6 +105,12 @@ def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
         "classes": list(model.classes),
         "metadata": _jsonable(meta, "model metadata"),
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file, then rename: never a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -55,7 +55,6 @@ import copy
 import datetime
 import math
 import os
-import tempfile
 import time
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +68,7 @@ import torch.nn.functional as F
 
 from ._utils import resolve_device, run_to_completion
 from .augment import AugmentConfig, augment_intensity, sample_geometry, sampling_grid, warp
-from .checkpoints import load_model, packaged_model_path, save_model
+from .checkpoints import atomic_torch_save, load_model, packaged_model_path, save_model
 from .instances import probabilities_to_labels
 from .metrics import MatchResult, match
 from .model import UNet, default_class_names
@@ -1217,7 +1216,7 @@ class _Trainer:
                 "batch_size": int(batch), "started_from": self.started_from,
             },
         }
-        return _atomic_save(payload, ckpt_dir / CHECKPOINT_NAME)
+        return atomic_torch_save(payload, ckpt_dir / CHECKPOINT_NAME)
 
 
 # ==================================================================== helpers
@@ -1264,21 +1263,6 @@ def _train_memory(model: UNet, in_shape: Sequence[int]) -> float:
     for level in range(model.depth + 1):
         total += 8 * c * 2**level * rows * cols / 4**level
     return 1.5 * 4 * total + 64 * 2**20 / 16
-
-
-def _atomic_save(payload: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _record_to_dict(r: TrainProgress) -> dict[str, Any]:

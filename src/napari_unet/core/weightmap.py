@@ -284,19 +284,14 @@ def carve_gaps(labels: Any, gap: int = 1) -> np.ndarray:
     if gap == 0:
         return out
     carve = np.zeros(lab.shape, bool)
-    for axis in (lab.ndim - 2, lab.ndim - 1):
-        a = [slice(None)] * lab.ndim
-        b = [slice(None)] * lab.ndim
-        a[axis] = slice(None, -1)
-        b[axis] = slice(1, None)
-        la, lb = lab[tuple(a)], lab[tuple(b)]
+    for a, b, la, lb in _neighbour_pairs(lab):
         contact = (la != lb) & (la > 0) & (lb > 0)
         if gap == 2:
-            carve[tuple(a)] |= contact
-            carve[tuple(b)] |= contact
+            carve[a] |= contact
+            carve[b] |= contact
         else:
-            carve[tuple(a)] |= contact & (la > lb)
-            carve[tuple(b)] |= contact & (lb > la)
+            carve[a] |= contact & (la > lb)
+            carve[b] |= contact & (lb > la)
     out[carve] = 0
     return out
 
@@ -409,21 +404,29 @@ def _changed_box(box: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
     return (out[0], out[1])
 
 
+def _neighbour_pairs(lab: np.ndarray) -> Any:
+    """For rows then columns: the index of each pixel, of its next 4-neighbour, and their values.
+
+    Yields ``(a, b, lab[a], lab[b])`` with ``a``/``b`` index tuples into ``lab``.
+    """
+    for axis in (lab.ndim - 2, lab.ndim - 1):
+        a = [slice(None)] * lab.ndim
+        b = [slice(None)] * lab.ndim
+        a[axis] = slice(None, -1)
+        b[axis] = slice(1, None)
+        yield tuple(a), tuple(b), lab[tuple(a)], lab[tuple(b)]
+
+
 def _edges(lab: np.ndarray) -> np.ndarray:
     """Cell pixels with a 4-neighbour of another value (background or another cell).
 
     The image border does not count as background.
     """
     out = np.zeros(lab.shape, bool)
-    for axis in (lab.ndim - 2, lab.ndim - 1):
-        a = [slice(None)] * lab.ndim
-        b = [slice(None)] * lab.ndim
-        a[axis] = slice(None, -1)
-        b[axis] = slice(1, None)
-        la, lb = lab[tuple(a)], lab[tuple(b)]
+    for a, b, la, lb in _neighbour_pairs(lab):
         differ = la != lb
-        out[tuple(a)] |= differ & (la > 0)
-        out[tuple(b)] |= differ & (lb > 0)
+        out[a] |= differ & (la > 0)
+        out[b] |= differ & (lb > 0)
     return out
 
 
