@@ -75,6 +75,7 @@ def main() -> None:
     train.reset_choices()
     train.images.value = [image]
     train.labels.value = [labels]
+    train.regions.value = viewer.layers["annotated region"]
     train.budget_kind.value = "minutes"
     train.budget.value = args.train_seconds / 60
     train.model_name.value = "my nuclei"
@@ -95,6 +96,7 @@ def main() -> None:
     while segment.running:
         pump(0.2)
     labels.visible = False
+    viewer.layers["annotated region"].visible = False
     shot(viewer, "05_segmented.png")
     viewer.close()
 

@@ -4,21 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["nuclei_sample"]
+import numpy as np
+
+__all__ = ["nuclei_sample", "SAMPLE_REGION"]
+
+#: The rectangle (r0, c0, r1, c1) of the sample in which every cell is labelled.
+SAMPLE_REGION = (0, 0, 200, 240)
 
 
 def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
-    """A synthetic fluorescence image of touching nuclei with a few cells labelled.
+    """A synthetic fluorescence image of touching nuclei, labelled in one corner.
 
-    The image and labels come from :mod:`napari_unet.core.synthetic`; only about
-    a quarter of the cells are labelled, as a biologist would start.
+    Every cell that reaches into the rectangle :data:`SAMPLE_REGION` is labelled
+    (whole), the rest of the image is not, and a Shapes layer holds the rectangle:
+    exactly what Train on current labels needs as "annotated regions", so the
+    paint → train → segment loop can be tried at once.
     """
-    from .core.synthetic import make_sample, partial_labels
+    from .core.synthetic import make_sample
 
     image, labels = make_sample("nuclei", shape=(512, 512), seed=2015, layout="clustered",
                                 touching=0.7, density=0.3)
-    few = partial_labels(labels, fraction=0.25, rng=2015)
+    r0, c0, r1, c1 = SAMPLE_REGION
+    inside = np.unique(labels[r0:r1, c0:c1])
+    inside = inside[inside > 0]
+    partial = np.where(np.isin(labels, inside), labels, 0).astype(np.int32)
+    rectangle = np.array([[r0, c0], [r0, c1 - 1], [r1 - 1, c1 - 1], [r1 - 1, c0]], float)
     return [
         (image, {"name": "nuclei"}, "image"),
-        (few, {"name": "nuclei labels", "opacity": 0.6}, "labels"),
+        (partial, {"name": "nuclei labels", "opacity": 0.6}, "labels"),
+        ([rectangle], {"name": "annotated region", "shape_type": "rectangle",
+                       "face_color": "transparent", "edge_color": "yellow",
+                       "edge_width": 2}, "shapes"),
     ]

@@ -172,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     bar = None if args.quiet else tqdm(
         total=max_steps if by_steps else float(max_time), desc="training", file=sys.stderr,
         unit="step" if by_steps else "s", leave=True,
-        bar_format=None if by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{postfix}]",
+        bar_format=None if by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}",
     )
     interrupted = False
     try:
