@@ -100,7 +100,8 @@ def learning_curve(seconds: float, n_points: int, device: str, options: dict,
                    n_train: int, size: int, seed: int = 0) -> list[dict]:
     images, labels = nuclei(range(n_train), size)
     test_images, test_labels = nuclei(range(1000, 1004), 256)
-    model = new_model(base_channels=options.pop("base", DEFAULT_MODEL_CONFIG["base_channels"]),
+    model = new_model(target_mode=options.get("target_mode", "binary"),
+                      base_channels=options.pop("base", DEFAULT_MODEL_CONFIG["base_channels"]),
                       dropout=options.pop("dropout", DEFAULT_MODEL_CONFIG["dropout"]))
     run = iter_train(images, labels, model, max_time=seconds, validation=0, device=device,
                      seed=seed, **options)
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--patch", type=int, help="training patch (default: the engine's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the engine's)")
     parser.add_argument("--loss", help="weighted_ce or weighted_ce+dice")
+    parser.add_argument("--target-mode", help="binary (carved gaps, the default) or boundary "
+                        "(background / interior / boundary classes)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--dropout", type=float, help="dropout of the trained model")
     parser.add_argument("--constant-lr", action="store_true",
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
         options = {k: v for k, v in {
             "optimizer": args.optimizer, "lr": args.lr, "base": args.base,
             "patch_shape": args.patch, "batch_size": args.batch, "loss": args.loss,
-            "dropout": args.dropout,
+            "dropout": args.dropout, "target_mode": args.target_mode,
         }.items() if v is not None}
         if args.no_augment:
             options["augment"] = False
