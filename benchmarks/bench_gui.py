@@ -90,13 +90,10 @@ def main() -> None:
     pump(0.5)
 
     # ----------------------------------------------------- training responsiveness
-    from napari_unet._sample import nuclei_sample
-
     viewer = napari.Viewer(show=True)
-    (image, _, _), (few, _, _) = nuclei_sample()
-    viewer.add_image(image, name="nuclei")
-    viewer.add_labels(few, name="nuclei labels")
+    viewer.open_sample("napari-unet", "nuclei")
     _, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train on current labels")
+    train.regions.value = viewer.layers["annotated region"]
     train.budget_kind.value = "minutes"
     train.budget.value = args.train_seconds / 60
     train.device.value = "cpu"
