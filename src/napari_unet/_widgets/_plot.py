@@ -80,7 +80,9 @@ class LossPlot(QWidget):
                 p.drawEllipse(point, 2.5, 2.5)
             p.drawText(left + pw + 4, top + 10, "1")
             p.drawText(left + pw + 4, top + ph, "0")
-            p.drawText(left + 44, h - 4, f"validation F1 {self.f1[-1][1]:.2f}")
+            best = max(f for _, f in self.f1)
+            p.drawText(left + 44, h - 4,
+                       f"validation F1 {self.f1[-1][1]:.2f} (best {best:.2f})")
         p.setPen(QPen(QColor(160, 160, 160)))
         p.drawText(left + pw - 70, h - 4, f"step {s1}")
         p.setPen(Qt.PenStyle.NoPen)

@@ -289,7 +289,9 @@ class TrainWidget(Container):
             return
         self.progress.value = 1000
         f1 = "" if result.best_val_f1 is None else f", validation F1 {result.best_val_f1:.2f}"
-        self.status.value = (f"{result.stopped_reason}: {result.steps} steps in "
+        why = {"max_time": "time is up", "max_steps": "all steps done"}.get(
+            result.stopped_reason, result.stopped_reason)
+        self.status.value = (f"{why}: {result.steps} steps in "
                              f"{result.seconds:.0f} s{f1}; saved as {path.stem}")
         if result.stopped_reason not in ("max_steps", "max_time", "cancelled"):
             show_warning(f"napari-unet: training stopped early: {result.stopped_reason}")
