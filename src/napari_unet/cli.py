@@ -85,7 +85,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         write_image(args.probabilities, probs, overwrite=args.overwrite)
     if args.overlay:
         write_overlay(args.overlay, image, labels, overwrite=args.overwrite)
-    n_cells = len(set(labels.ravel().tolist()) - {0}) if labels.ndim == 3 else int(labels.max())
+    n_cells = int(labels.max())  # ids run 1..N through the whole image or stack
     print(f"{args.image}: {n_cells} cells in {elapsed:.1f} s -> {out}")
     return 0
 

@@ -10,7 +10,9 @@ from psygnal import Signal
 
 from ..core.zoo import list_models
 
-__all__ = ["model_choices", "layer_region", "start_worker", "NEW_FILE", "models_changed"]
+__all__ = [
+    "model_choices", "layer_region", "current_plane", "start_worker", "NEW_FILE", "models_changed",
+]
 
 NEW_FILE = "Model file…"
 
@@ -30,12 +32,19 @@ def model_choices(_widget: Any = None) -> list[tuple[str, Any]]:
     return choices
 
 
+def current_plane(viewer: Any, layer: Any) -> tuple[int, ...]:
+    """Index of the plane of ``layer`` shown now (its leading axes); () for a 2D layer."""
+    shape = layer.level_shapes[0] if hasattr(layer, "level_shapes") else layer.data.shape
+    point = layer.world_to_data(viewer.dims.point)
+    return tuple(int(np.clip(round(point[a]), 0, shape[a] - 1)) for a in range(layer.ndim - 2))
+
+
 def _level0(layer: Any) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def layer_region(
-    viewer: Any, layer: Any, current_plane: bool, visible_only: bool
+    viewer: Any, layer: Any, plane_only: bool, visible_only: bool
 ) -> tuple[Any, tuple[slice | int, ...]]:
     """The part of an image layer to segment, and where it sits in the layer.
 
@@ -46,10 +55,8 @@ def layer_region(
     data = _level0(layer)
     ndim = layer.ndim  # spatial axes; an RGB layer's colour axis is extra
     index: list[slice | int] = [slice(None)] * ndim
-    if current_plane and ndim > 2:
-        point = layer.world_to_data(viewer.dims.point)
-        for axis in range(ndim - 2):
-            index[axis] = int(np.clip(round(point[axis]), 0, data.shape[axis] - 1))
+    if plane_only:
+        index[: ndim - 2] = current_plane(viewer, layer)
     if visible_only:
         center = np.asarray(viewer.camera.center)[-2:]
         size = np.asarray(getattr(viewer, "_canvas_size", (600, 800)), float)[-2:]

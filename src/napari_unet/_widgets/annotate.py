@@ -18,6 +18,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ..core.weightmap import WeightMapCache, carve_gaps
+from ._common import current_plane
 
 if TYPE_CHECKING:
     import napari
@@ -189,12 +190,7 @@ class AnnotateWidget(Container):
 
     # ---------------------------------------------------------------- preview
     def _plane_index(self) -> tuple[int, ...]:
-        layer = self.labels.value
-        if layer.ndim == 2:
-            return ()
-        point = layer.world_to_data(self.viewer.dims.point)
-        return tuple(int(np.clip(round(point[a]), 0, layer.data.shape[a] - 1))
-                     for a in range(layer.ndim - 2))
+        return current_plane(self.viewer, self.labels.value)
 
     def _plane(self, index: tuple[int, ...]) -> np.ndarray:
         return np.asarray(self.labels.value.data[index])

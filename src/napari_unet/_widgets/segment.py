@@ -86,9 +86,6 @@ class SegmentWidget(Container):
         """Re-read the list of models (after a training run saved a new one)."""
         self.model.reset_choices()
 
-    def reset_choices(self, *_: Any) -> None:
-        super().reset_choices()
-
     def _model_path(self) -> Path | str:
         value = self.model.value
         if value == NEW_FILE:

@@ -37,9 +37,14 @@ class ModelFileError(ValueError):
     """A file that is not a (readable) napari-unet model."""
 
 
+def packaged_models_dir() -> Path:
+    """The folder of the models shipped inside the package."""
+    return Path(str(resources.files("napari_unet"))) / "models"
+
+
 def packaged_model_path(name: str = "default") -> Path | None:
     """Path of a model shipped inside the package, or None if there is none."""
-    path = Path(str(resources.files("napari_unet"))) / "models" / f"{name}.pt"
+    path = packaged_models_dir() / f"{name}.pt"
     return path if path.is_file() else None
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .checkpoints import FORMAT_NAME, packaged_models_dir
 
 __all__ = ["ModelInfo", "user_models_dir", "list_models"]
 
@@ -60,7 +61,7 @@ def _read_metadata(path: Path) -> dict[str, Any] | None:
         payload = torch.load(path, map_location="meta", weights_only=True)
     except Exception:  # noqa: BLE001 - unreadable files are simply not listed
         return None
-    if not isinstance(payload, dict) or payload.get("format") != "napari-unet-model":
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         return None
     meta = dict(payload.get("metadata") or {})
     meta.setdefault("config", payload.get("config"))
@@ -73,7 +74,7 @@ def list_models() -> list[ModelInfo]:
     Files in the user folder that are not readable napari-unet models are skipped.
     """
     found: list[ModelInfo] = []
-    packaged = Path(str(resources.files("napari_unet"))) / "models"
+    packaged = packaged_models_dir()
     for path in sorted(packaged.glob("*.pt")):
         meta = _read_metadata(path)
         if meta is not None:
