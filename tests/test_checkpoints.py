@@ -31,6 +31,21 @@ def test_round_trip_keeps_everything(tmp_path, rng):
     assert not list(tmp_path.glob("sub/.*tmp")), "no temporary file left behind"
 
 
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path, rng):
+    net = UNet(depth=2, base_channels=8, norm="batch").eval()
+    full = save_model(net, tmp_path / "full.pt")
+    half = save_model(net, tmp_path / "half.pt", weights_dtype="float16")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(half)
+    for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, k  # float32 weights, int64 batch-norm counter
+        torch.testing.assert_close(b, a.half().to(a.dtype) if a.is_floating_point() else a)
+    image = rng.normal(size=(40, 40)).astype(np.float32)
+    np.testing.assert_allclose(predict_tiled(loaded, image), predict_tiled(net, image), atol=2e-2)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_model(net, tmp_path / "x.pt", weights_dtype="int8")
+
+
 def test_unserialisable_metadata_is_refused(tmp_path):
     with pytest.raises(ValueError, match="plain values"):
         save_model(UNet(depth=1, base_channels=2), tmp_path / "m.pt", bad=object())

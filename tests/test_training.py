@@ -253,10 +253,28 @@ def test_boundary_mode_and_dice_loss(nuclei):
     assert np.isfinite([h.loss for h in result.history]).all()
 
 
-def test_default_model_is_new_when_nothing_is_packaged(nuclei):
+def test_default_model_is_new_when_nothing_is_packaged(nuclei, monkeypatch):
+    monkeypatch.setattr(T, "packaged_model_path", lambda name="default": None)
     images, labels = nuclei
     result = train(images[0], labels[0], max_steps=1, **{**FAST, "batch_size": 1})
     assert result.model.config == UNet(**{**T.DEFAULT_MODEL_CONFIG, "n_classes": 2}).config
+    assert result.model.metadata["training"]["started_from"] == "new"
+
+
+def test_model_none_fine_tunes_the_packaged_model(nuclei, monkeypatch, tmp_path):
+    packaged = tiny()
+    packaged.metadata = {"name": "default", "trained_on": "test"}
+    path = save_model(packaged, tmp_path / "default.pt")
+    monkeypatch.setattr(T, "packaged_model_path", lambda name="default": path)
+    images, labels = nuclei
+    result = train(images[0], labels[0], max_steps=1, **{**FAST, "batch_size": 1})
+    assert result.model.config == packaged.config
+    assert result.model.metadata["training"]["started_from"] == "default"
+    assert result.model.metadata["trained_on"] == "test"
+    # a target mode the packaged model cannot do starts a new network instead
+    result = train(images[0], labels[0], max_steps=1, target_mode="boundary",
+                   **{**FAST, "batch_size": 1})
+    assert result.model.n_classes == 3
     assert result.model.metadata["training"]["started_from"] == "new"
 
 

@@ -39,10 +39,13 @@ def _progress(generator: Generator[Any, Any, Any], desc: str, quiet: bool) -> An
             if quiet:
                 continue
             if bar is None:
-                bar = tqdm(total=p.total, desc=desc, unit="tile", file=sys.stderr, leave=True)
+                bar = tqdm(total=p.total, desc=desc, unit="step", file=sys.stderr, leave=True)
             if bar.total != p.total:
                 bar.total = p.total
             bar.n = p.done
+            phase = getattr(p, "phase", None)
+            if phase and phase != "predict":
+                bar.set_postfix_str(phase, refresh=False)
             bar.refresh()
     finally:
         if bar is not None:
@@ -58,51 +61,160 @@ def _check_output(path: Path, overwrite: bool) -> None:
 
 
 # -------------------------------------------------------------------- segment
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from .core import iter_segment, load_model
-    from .io import read_image, write_image, write_overlay
+_LABEL_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
 
+
+def _segment_options(args: argparse.Namespace) -> dict[str, Any]:
+    block = None if args.block is None else int(args.block)
+    return dict(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
+                axes=args.axes, threshold=args.threshold, min_size=args.min_size,
+                grow=args.grow, block_shape=block)
+
+
+def _is_batch(args: argparse.Namespace) -> bool:
+    """Several inputs, a folder, a pattern or a folder output: one output per input."""
+    from .io import is_zarr
+
+    if len(args.images) > 1:
+        return True
+    item = Path(args.images[0])
+    if (item.is_dir() and not is_zarr(item)) or (not item.exists() and set("*?[") & set(
+            args.images[0])):
+        return True
     out = Path(args.output)
-    _check_output(out, args.overwrite)
-    for extra in (args.probabilities, args.overlay):
-        if extra is not None:
-            _check_output(Path(extra), args.overwrite)
-    model = load_model(args.model) if args.model else load_model("default")
-    image = read_image(args.image)
-    start = time.perf_counter()
-    labels, probs = _progress(
-        iter_segment(
-            image, model, tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
-            axes=args.axes, threshold=args.threshold, min_size=args.min_size, grow=args.grow,
-            return_probabilities=True,
-        ),
-        "segmenting",
-        args.quiet,
+    return out.suffix.lower() not in _LABEL_SUFFIXES or (out.is_dir() and not is_zarr(out))
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    """A context giving the dask client to run on (or None: here, in this process)."""
+    from contextlib import nullcontext
+
+    if args.scheduler and args.workers:
+        raise CliError("give --scheduler or --workers, not both")
+    if args.scheduler:
+        from .core.distributed import connect
+
+        return connect(args.scheduler)
+    if args.workers:
+        from .core.distributed import local_client
+
+        return local_client(args.workers)
+    return nullcontext(None)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .batch import (
+        FileResult,
+        expand_inputs,
+        iter_segment_file,
+        iter_segment_files,
+        output_path,
     )
-    elapsed = time.perf_counter() - start
-    write_image(out, labels, overwrite=args.overwrite)
-    if args.probabilities:
-        write_image(args.probabilities, probs, overwrite=args.overwrite)
-    if args.overlay:
-        write_overlay(args.overlay, image, labels, overwrite=args.overwrite)
-    n_cells = int(labels.max())  # ids run 1..N through the whole image or stack
-    print(f"{args.image}: {n_cells} cells in {elapsed:.1f} s -> {out}")
-    return 0
+    from .core import load_model
+
+    options = _segment_options(args)
+    if not _is_batch(args):
+        out = Path(args.output)
+        for path in (out, args.probabilities, args.overlay):
+            if path is not None and Path(path).exists() and not args.overwrite:
+                raise CliError(f"{path} exists; pass --overwrite to replace it")
+        model = load_model(args.model or "default")
+        with _cluster(args) as client:
+            result = _progress(
+                iter_segment_file(args.images[0], out, model, overwrite=args.overwrite,
+                                  probabilities=args.probabilities, overlay=args.overlay,
+                                  client=client, **options),
+                "segmenting", args.quiet,
+            )
+        print(result.summary())
+        return 0
+
+    inputs = expand_inputs(args.images)
+    folder = Path(args.output)
+    if folder.suffix and not folder.is_dir():
+        if len(inputs) == 1:
+            raise CliError(f"cannot write {folder}: use a .tif, .npy or .zarr (OME-Zarr) file "
+                           "name, or a folder")
+        raise CliError(f"with several inputs -o is a folder, not {folder}: each input gets "
+                       f"its own NAME_labels.{'tif' if args.format == 'tif' else 'ome.zarr'}")
+    jobs = []
+    for image in inputs:
+        extra: dict[str, Any] = {}
+        if args.probabilities:
+            extra["probabilities"] = output_path(image, args.probabilities, args.format,
+                                                 "probabilities")
+        if args.overlay:
+            extra["overlay"] = Path(args.overlay) / f"{output_path(image, '.').stem}_overlay.png"
+        jobs.append((image, output_path(image, folder, args.format), extra))
+    outputs = [str(j[1].resolve()) for j in jobs]
+    if len(set(outputs)) < len(outputs):
+        same = sorted({o for o in outputs if outputs.count(o) > 1})
+        raise CliError(f"two inputs would write the same output {same[0]}; rename one of them")
+    for path in {folder, *(Path(p) for p in (args.probabilities, args.overlay) if p)}:
+        path.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model or "default")
+    start = time.perf_counter()
+    results: list[FileResult] = []
+    with _cluster(args) as client:
+        if client is None:
+            for image, out, extra in jobs:
+                try:
+                    result = _progress(
+                        iter_segment_file(image, out, model, overwrite=args.overwrite,
+                                          **extra, **options),
+                        f"segmenting {image.name}", args.quiet,
+                    )
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:  # noqa: BLE001 - reported; the other files go on
+                    if os.environ.get("NAPARI_UNET_DEBUG"):
+                        raise
+                    message = str(err).strip().splitlines()[0] if str(err).strip() else \
+                        type(err).__name__
+                    result = FileResult(str(image), str(out), "failed", error=message)
+                print(result.summary(), flush=True)
+                results.append(result)
+        else:
+            if not args.quiet:
+                print(f"napari-unet segment: {len(jobs)} files on {client}", file=sys.stderr)
+            for result in iter_segment_files(jobs, model, client=client,
+                                             overwrite=args.overwrite, **options):
+                print(result.summary(), flush=True)
+                results.append(result)
+    done = [r for r in results if r.status == "done"]
+    failed = [r for r in results if r.status == "failed"]
+    skipped = len(results) - len(done) - len(failed)
+    print(f"{len(results)} files: {len(done)} segmented ({sum(r.n_cells for r in done)} cells), "
+          f"{skipped} skipped, {len(failed)} failed, in {time.perf_counter() - start:.1f} s")
+    return 1 if failed else 0
 
 
 def _add_segment(sub: Any) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment an image into instance labels",
-        description="Segment an image with seamless overlap-tiled U-Net prediction and write "
-        "int32 instance labels (0 = background).",
+        help="segment images into instance labels (one file, many, a folder or a glob)",
+        description="Segment images with seamless overlap-tiled U-Net prediction and write "
+        "int32 instance labels (0 = background). One input and a file name after -o writes "
+        "that file; several inputs, a folder or a quoted glob pattern write one "
+        "NAME_labels.tif (or .ome.zarr) per input into the folder -o, skip outputs that exist "
+        "(unless --overwrite), go on past a failing file and print one line per file. "
+        "Exit status: 0, or 1 if a file failed (2 for a usage error).",
     )
-    p.add_argument("image", help="input image (TIFF, PNG, JPEG, .npy or zarr)")
-    p.add_argument("-o", "--output", required=True, help="labels file to write (.tif or .npy)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="input images (TIFF, PNG, JPEG, .npy, zarr / OME-Zarr), folders of "
+                   "them, or quoted glob patterns such as 'data/*.tif'")
+    p.add_argument("-o", "--output", required=True,
+                   help="labels file (.tif, .npy, or .zarr for OME-Zarr written block by "
+                   "block) for one input; a folder for several")
+    p.add_argument("--format", choices=["tif", "zarr"], default="tif",
+                   help="output format with a folder output: tif or zarr (OME-Zarr, for images "
+                   "larger than memory); default tif")
     p.add_argument("--model", help="model file (default: the pretrained model shipped with "
                    "the plugin)")
     p.add_argument("--tile", type=int, help="tile size in input pixels (default: automatic "
                    "from the memory available)")
+    p.add_argument("--block", type=int, help="block size in output pixels: what is held in "
+                   "memory at once, and the unit of work on a cluster (default about 2048)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: automatic)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--axes", help="axes of the image if the guess is wrong, e.g. zyx, cyx, yxc")
@@ -111,8 +223,15 @@ def _add_segment(sub: Any) -> None:
                    "(pixels)")
     p.add_argument("--grow", type=int, help="pixels to grow cells back over the carved gaps "
                    "(default: from the model)")
-    p.add_argument("--probabilities", help="also write the class probabilities here (.tif)")
-    p.add_argument("--overlay", help="also write a PNG picture of the labels over the image")
+    p.add_argument("--probabilities", help="also write the class probabilities here (a .tif or "
+                   ".zarr file; a folder with several inputs)")
+    p.add_argument("--overlay", help="also write a PNG picture of the labels over the image "
+                   "(a folder with several inputs)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the dask cluster whose scheduler is at ADDRESS (e.g. "
+                   "tcp://host:8786): each file, or each block of a single file, is a task")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run on a local dask cluster of N worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
@@ -139,6 +258,28 @@ def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="describe a model file")
     p.add_argument("model", help="model file, or 'default'")
     p.set_defaults(func=_cmd_info)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .core import list_models, user_models_dir
+
+    found = list_models()
+    for info in found:
+        print(info.summary())
+        print(f"    {info.path}")
+        if args.verbose and info.trained_on:
+            print(f"    trained on: {info.trained_on}")
+    if not found:
+        print("no models found")
+    print(f"(user models folder: {user_models_dir()})")
+    return 0
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="list the packaged and your trained models")
+    p.add_argument("-v", "--verbose", action="store_true", help="also say what each was "
+                   "trained on")
+    p.set_defaults(func=_cmd_models)
 
 
 # ---------------------------------------------------------------------- train
@@ -350,8 +491,69 @@ def _add_weightmap(sub: Any) -> None:
 
 
 COMMANDS: list[Callable[[Any], None]] = [
-    _add_segment, _add_train, _add_weightmap, _add_sample, _add_evaluate, _add_info,
+    _add_segment, _add_train, _add_weightmap, _add_sample, _add_evaluate, _add_info, _add_models,
 ]
+
+
+
+# ---------------------------------------------------------- export-bioimageio
+def _cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from .core.bioimageio import export_bioimageio
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".zip":
+        raise CliError(f"cannot write {out}: a bioimage.io package is a .zip file")
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    test_image = None
+    if args.test_image:
+        from .io import read_image
+
+        test_image = np.asarray(read_image(args.test_image))
+    try:
+        path = export_bioimageio(
+            args.model, out, name=args.name, description=args.description,
+            authors=args.author or None, test_image=test_image, license=args.license,
+            tags=args.tag or (), git_repo=args.git_repo, torchscript=not args.no_torchscript,
+        )
+    except ImportError as err:
+        raise CliError(str(err)) from None
+    from bioimageio.spec import __version__ as spec_version
+
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): a bioimage.io model package, "
+          f"valid for bioimageio.spec {spec_version}")
+    return 0
+
+
+def _add_export_bioimageio(sub: Any) -> None:
+    p = sub.add_parser(
+        "export-bioimageio",
+        help="write a model as a bioimage.io model package (.zip)",
+        description="Write a bioimage.io model package (weights, architecture, test image and "
+        "output, README, citation) that bioimage.io tools (bioimageio.core, ilastik, "
+        "deepImageJ) can run, validated with bioimageio.spec (pip install "
+        "\"napari-unet[bioimageio]\"). napari-unet loads it back with --model PACKAGE.zip.",
+    )
+    p.add_argument("model", help="model file, or 'default'")
+    p.add_argument("-o", "--output", required=True, help="package to write (.zip)")
+    p.add_argument("--name", help="model name (letters, digits, spaces, _+-(); default: from "
+                   "the model)")
+    p.add_argument("--description", help="one-paragraph description (default: generated)")
+    p.add_argument("--author", action="append", metavar="NAME",
+                   help="author (repeat for several; default: napari-unet contributors)")
+    p.add_argument("--test-image", help="image for the test input and cover (default: a "
+                   "generated nuclei image)")
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX license of the package "
+                   "(default CC-BY-4.0)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="extra tag (repeatable)")
+    p.add_argument("--git-repo", help="URL of the model's repository")
+    p.add_argument("--no-torchscript", action="store_true",
+                   help="leave out the TorchScript weights (smaller package)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.set_defaults(func=_cmd_export_bioimageio)
+
+
+COMMANDS.append(_add_export_bioimageio)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,25 +1,80 @@
 """Reading and writing images for the command line and scripts (no Qt, no napari).
 
 TIFF through tifffile, PNG/JPEG through imageio, ``.npy`` through numpy and
-zarr stores lazily through zarr (when installed).
+zarr stores (OME-Zarr included) lazily through zarr (when installed); labels and
+probabilities too large for memory are written as OME-Zarr, block by block.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["read_image", "write_image", "label_overlay", "write_overlay"]
+__all__ = [
+    "read_image", "write_image", "label_overlay", "write_overlay", "create_ome_zarr", "is_zarr",
+    "remove_output", "LazyTiff",
+]
 
 _TIFF = (".tif", ".tiff")
+
+#: TIFF files larger than this are read window by window (:class:`LazyTiff`), not loaded.
+LAZY_TIFF_BYTES = 1 << 30
+
+
+class LazyTiff:
+    """A TIFF file read window by window through tifffile's zarr interface.
+
+    For TIFFs larger than memory (whole-slide scans, mosaics): indexing reads
+    only the tiles or strips needed. The first (full-resolution) level of a
+    pyramidal TIFF is used. It pickles as its path, so dask workers open the
+    file themselves.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self._array: Any = None
+        array = self._open()
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def _open(self) -> Any:
+        if self._array is None:
+            import tifffile
+            import zarr
+
+            opened = zarr.open(tifffile.imread(self.path, aszarr=True), mode="r")
+            if not hasattr(opened, "shape"):  # a pyramid: its first level
+                opened = opened[sorted(opened.array_keys())[0]]
+            self._array = opened
+        return self._array
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self._open()[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._array = None
+
+    def __repr__(self) -> str:
+        return f"LazyTiff({self.path!r}, shape={self.shape}, dtype={self.dtype})"
 _PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def read_image(path: str | os.PathLike) -> Any:
-    """Read an image file; zarr stores stay lazy.
+    """Read an image file; zarr stores and TIFFs over 1 GiB (:class:`LazyTiff`) stay lazy.
 
     Raises
     ------
@@ -36,12 +91,15 @@ def read_image(path: str | os.PathLike) -> Any:
         if suffix in _TIFF:
             import tifffile
 
+            if path.stat().st_size > LAZY_TIFF_BYTES:
+                try:
+                    return LazyTiff(path)
+                except ImportError:  # no zarr: read it whole
+                    pass
             return tifffile.imread(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
-        if suffix == ".zarr" or (path.is_dir() and any(
-            (path / marker).exists() for marker in (".zarray", "zarr.json", ".zgroup")
-        )):
+        if is_zarr(path):
             import zarr
 
             store = zarr.open(str(path), mode="r")
@@ -61,6 +119,94 @@ def read_image(path: str | os.PathLike) -> Any:
         f"cannot read {path}: unknown image format {suffix or '(no extension)'}; "
         "use TIFF, PNG, JPEG, .npy or zarr"
     )
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """True for a path named ``*.zarr`` or a folder that holds a zarr array or group."""
+    path = Path(path)
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any(
+        (path / marker).exists() for marker in (".zarray", "zarr.json", ".zgroup")
+    ))
+
+
+def remove_output(path: str | os.PathLike) -> None:
+    """Delete an output file or zarr folder (before overwriting it)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def create_ome_zarr(
+    path: str | os.PathLike,
+    shape: Sequence[int],
+    chunks: Sequence[int],
+    dtype: Any,
+    axes: str,
+    *,
+    labels: bool = True,
+    name: str | None = None,
+) -> Any:
+    """A new single-resolution OME-Zarr image (NGFF 0.4) to write into block by block.
+
+    The group at ``path`` holds one array ``"0"`` (zarr format 2, ``/``
+    separated chunk keys) and the ``multiscales`` metadata, plus
+    ``image-label`` metadata for label images, so OME-Zarr readers (napari
+    with napari-ome-zarr, Fiji's MoBIE/n5-viewer, ``ome-zarr-py``) open it.
+    Returns the zarr array, filled with zeros. Refuses an existing path.
+
+    Parameters
+    ----------
+    path : path
+        Where to create the group (conventionally ``*.ome.zarr``).
+    shape, chunks, dtype
+        Of the array.
+    axes : str
+        One letter per dimension from ``t``, ``c``, ``z``, ``y``, ``x``.
+    labels : bool
+        Mark it as a label image (integer ids).
+    name : str, optional
+        The image's name in the metadata (default: the file name).
+    """
+    try:
+        import zarr
+    except ImportError:
+        raise ImportError(
+            "writing OME-Zarr needs zarr: pip install zarr (or napari-unet[io])"
+        ) from None
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    if len(axes) != len(shape) or not set(axes) <= set("tczyx"):
+        raise ValueError(f"axes {axes!r} do not describe an array of shape {tuple(shape)}")
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    meta_axes = [{"name": a, "type": kinds[a]} for a in axes]  # no units: pixels
+    shape = tuple(int(s) for s in shape)
+    chunks = tuple(int(c) for c in chunks)
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        group = zarr.open_group(str(path), mode="w-", zarr_format=2)
+        array = group.create_array(
+            name="0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+    else:  # pragma: no cover - zarr 2
+        group = zarr.open_group(str(path), mode="w-")
+        array = group.create_dataset(
+            "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_separator="/",
+        )
+    group.attrs["multiscales"] = [{
+        "version": "0.4",
+        "name": name or path.name.split(".")[0],
+        "axes": meta_axes,
+        "datasets": [{
+            "path": "0",
+            "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(shape)}],
+        }],
+    }]
+    if labels:
+        group.attrs["image-label"] = {"version": "0.4"}
+    return array
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = False) -> Path:

@@ -1,7 +1,16 @@
-"""The "Segment layer" dock widget: tiled U-Net prediction of an image layer into labels."""
+"""The "Segment layer" dock widget: tiled U-Net prediction of an image layer into labels.
+
+Lazy layers (dask or zarr data, multiscale pyramids) are segmented block by block into
+a zarr array in a temporary folder, which backs the new Labels layer: the image and the
+labels are never loaded whole, and the worker thread only writes to that array; the
+layers are added in the main thread once it is done.
+"""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +28,9 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..core import available_devices, iter_segment, load_model
+from ..core import available_devices, load_model
+from ..core._utils import is_lazy_array
+from ..core.blocks import create_zarr_array, iter_segment_blocks
 from ._common import NEW_FILE, layer_region, model_choices, models_changed, start_worker
 
 if TYPE_CHECKING:
@@ -29,6 +40,58 @@ __all__ = ["SegmentWidget"]
 
 FILL = "fill unlabelled pixels only"
 REPLACE = "replace labels in the region"
+_PHASES = {"predict": "predicting tiles", "merge": "joining cells across blocks",
+           "label": "labelling blocks"}
+
+
+def is_lazy_layer(layer: Any) -> bool:
+    """True for a layer whose data is not in memory: multiscale, dask, zarr."""
+    return bool(getattr(layer, "multiscale", False)) or is_lazy_array(layer.data)
+
+
+class RegionView:
+    """A writable window ``index`` of a larger array, indexed in the window's coordinates.
+
+    Lets the block engine write the result of a region (one plane, the visible part)
+    straight into a full-size zarr array.
+    """
+
+    def __init__(self, array: Any, index: tuple) -> None:
+        self.array = array
+        self.index = tuple(index) + (slice(None),) * (len(array.shape) - len(index))
+        self.starts, shape = [], []
+        for idx, n in zip(self.index, array.shape):
+            if isinstance(idx, slice):
+                start, stop, _ = idx.indices(n)
+                self.starts.append(start)
+                shape.append(stop - start)
+        self.shape = tuple(shape)
+        self.dtype = array.dtype
+
+    def _full(self, key: Any) -> tuple:
+        key = key if isinstance(key, tuple) else (key,)
+        if key == (Ellipsis,):
+            key = ()
+        key = key + (slice(None),) * (len(self.shape) - len(key))
+        full, k = [], 0
+        for idx in self.index:
+            if not isinstance(idx, slice):
+                full.append(idx)
+                continue
+            part, start, n = key[k], self.starts[k], self.shape[k]
+            if isinstance(part, slice):
+                a, b, _ = part.indices(n)
+                full.append(slice(start + a, start + b))
+            else:
+                full.append(start + int(part))
+            k += 1
+        return tuple(full)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[self._full(key)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.array[self._full(key)] = value
 
 
 class SegmentWidget(Container):
@@ -133,13 +196,38 @@ class SegmentWidget(Container):
             axes = "zyxc"
         tile = self.tile.value or None
         device = self.device.value
-        context = {"layer": layer, "index": index, "output": self.output.value,
-                   "mode": self.mode.value, "probabilities": self.probabilities.value,
-                   "model": model}
+        with_probs = self.probabilities.value
+        # a lazy layer goes block by block into a zarr array on disk, never into memory
+        lazy = target is None and is_lazy_layer(layer)
+        context = {"layer": layer, "index": index, "output": target, "lazy": lazy,
+                   "mode": self.mode.value, "probabilities": with_probs, "model": model}
 
         def work():
-            return (yield from iter_segment(data, model, tile_shape=tile, device=device,
-                                            axes=axes, return_probabilities=True))
+            folder = Path(tempfile.mkdtemp(prefix="napari-unet-")) if lazy else None
+            context["folder"] = folder  # removed by _on_finished if the run is cancelled
+            try:
+                out = probs = None
+                if folder is not None:
+                    chunks = (1,) * (len(spatial) - 2) + (1024, 1024)
+                    labels = create_zarr_array(folder / "labels.zarr", spatial, chunks, "int32")
+                    out = RegionView(labels, index)
+                    if with_probs:
+                        full = create_zarr_array(folder / "probabilities.zarr",
+                                                 (model.n_classes, *spatial),
+                                                 (model.n_classes, *chunks), "float32")
+                        probs = RegionView(full, (slice(None), *index))
+                result = yield from iter_segment_blocks(
+                    data, model, tile_shape=tile, device=device, axes=axes, out=out,
+                    probabilities=probs if lazy else (with_probs or None),
+                )
+            except BaseException:  # cancelled or failed: leave nothing behind
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
+            if folder is not None:
+                atexit.register(shutil.rmtree, str(folder), True)
+                return result, labels, full if with_probs else None, folder
+            return result, None, None, None
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
@@ -151,7 +239,7 @@ class SegmentWidget(Container):
             on_yield=self._on_progress,
             on_return=lambda result: self._on_done(result, context),
             on_error=self._on_error,
-            on_finish=self._on_finished,
+            on_finish=lambda: self._on_finished(context),
         )
 
     def cancel(self) -> None:
@@ -163,15 +251,19 @@ class SegmentWidget(Container):
     def _on_progress(self, p: Any) -> None:
         self.progress.max = max(int(p.total), 1)
         self.progress.value = int(p.done)
-        self.status.value = f"{p.done} / {p.total} tiles"
+        phase = _PHASES.get(getattr(p, "phase", "predict"), "")
+        self.status.value = f"{phase}: {p.done} / {p.total}"
 
     def _on_error(self, err: Exception) -> None:
         show_error(f"napari-unet: segmentation failed: {err}")
         self.status.value = f"failed: {err}"
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, context: dict[str, Any] | None = None) -> None:
         if self.worker is not None and getattr(self.worker, "abort_requested", False):
             self.status.value = "cancelled; nothing was changed"
+            folder = (context or {}).get("folder")
+            if folder is not None:  # the stopped generator's temporary zarr arrays
+                shutil.rmtree(folder, ignore_errors=True)
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
@@ -184,13 +276,19 @@ class SegmentWidget(Container):
             show_error(f"napari-unet: could not add the result: {err}")
 
     def _show_result(self, result: Any, ctx: dict[str, Any]) -> None:
-        labels, probs = result
+        segmentation, zarr_labels, zarr_probs, folder = result
+        labels, probs = segmentation.labels, segmentation.probabilities
         layer = ctx["layer"]
         index = ctx["index"]
         spatial = tuple(layer.level_shapes[0][: layer.ndim])
         model = ctx["model"]
-        n_cells = int(len(np.unique(labels)) - 1)
+        n_cells = int(segmentation.n_cells)
         target = ctx["output"]
+        if ctx["lazy"]:
+            self._add_lazy(layer, zarr_labels, zarr_probs, model, ctx["probabilities"])
+            self.status.value = f"{n_cells} cells found in {layer.name} (stored in {folder})"
+            show_info(f"napari-unet: {n_cells} cells found in {layer.name}")
+            return
         if target is None:
             full = np.zeros(spatial, dtype=np.int32)
             full[index] = labels
@@ -211,6 +309,40 @@ class SegmentWidget(Container):
                                   scale=layer.scale, translate=layer.translate)
         self.status.value = f"{n_cells} cells found in {layer.name}"
         show_info(f"napari-unet: {n_cells} cells found in {layer.name}")
+
+    def _add_lazy(self, layer: Any, labels: Any, probs: Any, model: Any, with_probs: bool) -> None:
+        """Add zarr-backed layers; a pyramid of strided views when the image is multiscale."""
+        import dask.array as da
+
+        def levels(array: Any) -> Any:
+            if not getattr(layer, "multiscale", False):
+                return array
+            shapes = [tuple(s[: layer.ndim]) for s in layer.level_shapes]
+            base = da.from_zarr(array)
+            pyramid = [base]
+            for shape in shapes[1:]:
+                steps = [max(1, round(a / b)) for a, b in zip(shapes[0], shape)]
+                pyramid.append(base[tuple(slice(None, None, s) for s in steps)])
+            return pyramid
+
+        self.last_result = self.viewer.add_labels(
+            levels(labels), name=f"{layer.name} labels", scale=layer.scale,
+            translate=layer.translate, multiscale=getattr(layer, "multiscale", False),
+        )
+        if with_probs:
+            names = [c.lower() for c in model.classes]
+            k = names.index("cell") if "cell" in names else len(names) - 1
+            cell = da.from_zarr(probs)[k]
+            if getattr(layer, "multiscale", False):
+                shapes = [tuple(s[: layer.ndim]) for s in layer.level_shapes]
+                cell = [cell] + [
+                    cell[tuple(slice(None, None, max(1, round(a / b))) for a, b in
+                               zip(shapes[0], shape))] for shape in shapes[1:]
+                ]
+            self.viewer.add_image(cell, name=f"{layer.name} probability", colormap="magma",
+                                  blending="additive", contrast_limits=(0, 1),
+                                  scale=layer.scale, translate=layer.translate,
+                                  multiscale=getattr(layer, "multiscale", False))
 
     def _write_into(self, target: Any, labels: np.ndarray, index: tuple, mode: str) -> None:
         """Write into an existing Labels layer as one undo step; ids never collide."""

@@ -105,7 +105,8 @@ class TrainWidget(Container):
         self.regions = create_widget(annotation=napari.layers.Shapes | None,
                                      label="annotated regions", options={"nullable": True})
         self.start = ComboBox(label="start from", choices=_start_choices)
-        self.start_file = FileEdit(label="model file", mode="r", filter="*.pt", visible=False)
+        self.start_file = FileEdit(label="model file", mode="r", filter="*.pt *.zip",
+                                   visible=False)
         self.budget_kind = ComboBox(label="stop after", choices=[MINUTES, STEPS], value=MINUTES)
         self.budget = FloatSpinBox(label="", min=0.1, max=100_000, step=1, value=2.0)
         self.device = ComboBox(label="device", choices=["auto", *available_devices()])

@@ -9,12 +9,21 @@ from __future__ import annotations
 from . import metrics
 from ._utils import available_devices, resolve_device, run_to_completion
 from .augment import AugmentConfig, augment_pair
+from .bioimageio import export_bioimageio
+from .blocks import BlockSegmentation, iter_segment_blocks
 from .checkpoints import ModelFileError, load_model, packaged_model_path, save_model
-from .instances import iter_segment, probabilities_to_labels, segment
+from .instances import SegmentProgress, iter_segment, probabilities_to_labels, segment
 from .metrics import MatchResult, match
 from .model import InvalidInputShapeError, UNet
 from .normalize import Normalization
-from .tiling import ImageLayout, TileProgress, iter_predict_tiled, plan_tiles, predict_tiled
+from .tiling import (
+    BlockGrid,
+    ImageLayout,
+    TileProgress,
+    iter_predict_tiled,
+    plan_tiles,
+    predict_tiled,
+)
 from .training import TrainingRun, TrainProgress, TrainResult, iter_train, new_model, train
 from .weightmap import WeightMapCache, boundary_weight_map, training_targets
 from .zoo import ModelInfo, list_models, user_models_dir
@@ -30,6 +39,10 @@ __all__ = [
     "plan_tiles",
     "segment",
     "iter_segment",
+    "SegmentProgress",
+    "iter_segment_blocks",
+    "BlockSegmentation",
+    "BlockGrid",
     "probabilities_to_labels",
     "boundary_weight_map",
     "WeightMapCache",
@@ -49,6 +62,7 @@ __all__ = [
     "load_model",
     "packaged_model_path",
     "ModelFileError",
+    "export_bioimageio",
     "list_models",
     "ModelInfo",
     "user_models_dir",

@@ -67,7 +67,9 @@ def _to_builtin(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not a plain value")
 
 
-def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
+def save_model(
+    model: UNet, path: str | os.PathLike, *, weights_dtype: str = "float32", **metadata: Any
+) -> Path:
     """Write a model file.
 
     Parameters
@@ -78,6 +80,10 @@ def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
     path : str or path-like
         Where to write. The file is written to a temporary name and renamed, so
         a crash never leaves a half-written model behind.
+    weights_dtype : {"float32", "float16"}
+        Precision of the stored floating-point weights. ``"float16"`` halves the
+        file (used for the packaged model); :func:`load_model` always returns a
+        float32 network.
     **metadata
         Extra plain values stored with the model (merged over ``model.metadata``),
         for example what it was trained on.
@@ -98,6 +104,9 @@ def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
     """
     if not isinstance(model, UNet):
         raise TypeError(f"save_model needs a napari_unet.UNet, not {type(model).__name__}")
+    if weights_dtype not in ("float32", "float16"):
+        raise ValueError(f"weights_dtype must be 'float32' or 'float16', not {weights_dtype!r}")
+    store = torch.float16 if weights_dtype == "float16" else torch.float32
     path = Path(path)
     meta = dict(getattr(model, "metadata", {}) or {})
     meta.update(metadata)
@@ -105,7 +114,10 @@ def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> Path:
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "config": dict(model.config),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": {
+            k: v.detach().cpu().to(store if v.is_floating_point() else v.dtype).clone()
+            for k, v in model.state_dict().items()
+        },
         "normalization": model.normalization.to_dict(),
         "classes": list(model.classes),
         "metadata": _jsonable(meta, "model metadata"),
@@ -136,8 +148,9 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
     Parameters
     ----------
     path : str, path-like or UNet
-        A model file, or ``"default"`` for the model shipped with the plugin. A
-        UNet is returned as it is.
+        A model file, a bioimage.io package (``.zip`` or folder) written by
+        :func:`napari_unet.export_bioimageio`, or ``"default"`` for the model
+        shipped with the plugin. A UNet is returned as it is.
     device : str, optional
         Where to put the weights (default: the CPU).
 
@@ -152,7 +165,8 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
     FileNotFoundError
         If there is no such file.
     ModelFileError
-        If the file is damaged, truncated or not a napari-unet model.
+        If the file is damaged, truncated or not a napari-unet model (or a
+        bioimage.io package that napari-unet did not write).
     """
     if isinstance(path, UNet):
         return path
@@ -166,11 +180,20 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
             )
         path = packaged
     path = Path(path)
+    from .bioimageio import is_bioimageio_package, read_bioimageio_package, zip_but_not_torch
+
+    if is_bioimageio_package(path):  # a .zip (or folder) from export_bioimageio
+        return _placed(read_bioimageio_package(path), device)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a model file"
+        if zip_but_not_torch(path):
+            raise ModelFileError(
+                f"{path} is a zip archive, but neither a napari-unet model file nor a "
+                "bioimage.io model package (it has no rdf.yaml)"
+            ) from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
             f"{path} is not a readable model file (damaged, truncated, another format, or "
@@ -198,6 +221,10 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
             f"{path} is a damaged napari-unet model file: {str(err).splitlines()[0]}"
         ) from None
     model.metadata.setdefault("path", str(path))
+    return _placed(model, device)
+
+
+def _placed(model: UNet, device: str | None) -> UNet:
     model.eval()
     if device is not None:
         from ._utils import resolve_device

@@ -15,15 +15,17 @@ mirror-padded image:
 The last tiles simply run on past the image into more mirrored context. Only
 the windows a tile needs are read, so dask and zarr images are never loaded
 whole, and the result can be written into a pre-allocated (for example
-memory-mapped or zarr) ``out`` array.
+memory-mapped or zarr) ``out`` array, one :class:`BlockGrid` block (a group of
+whole tiles) at a time.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +39,7 @@ __all__ = [
     "TileProgress",
     "ImageLayout",
     "TilePlan",
+    "BlockGrid",
     "iter_predict_tiled",
     "predict_tiled",
     "reflect_index",
@@ -46,6 +49,10 @@ __all__ = [
 
 # RGB(A) to luminance (ITU-R BT.709), for gray-value models given a colour image.
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+
+#: Default side of a block (output pixels), rounded down to whole tiles: what is held in
+#: memory at once when an image is predicted or segmented block by block.
+DEFAULT_BLOCK_SIDE = 2048
 
 
 class TileProgress(NamedTuple):
@@ -223,6 +230,110 @@ class TilePlan:
         ]
 
 
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Blocks of whole tiles of one :class:`TilePlan`: the unit of work for large images.
+
+    A block is ``block_tiles`` tiles of the plan in each direction, so block
+    borders fall on tile borders and every tile is computed exactly as in a
+    one-piece pass over the plane: a result assembled block by block equals the
+    one-piece result bit for bit. Blocks are numbered ``(i, j)`` in row-major
+    order; the last block of a row or column may be smaller.
+
+    Examples
+    --------
+    >>> net = UNet(depth=2, base_channels=4)
+    >>> plan = plan_tiles(net, (100, 70), (64, 64))
+    >>> plan.step
+    (20, 24)
+    >>> grid = BlockGrid.make(plan, (100, 70), block_shape=(48, 48))
+    >>> grid.block_shape, grid.n_blocks
+    ((40, 48), (3, 2))
+    >>> grid.bounds(2, 1)
+    (80, 100, 48, 70)
+    """
+
+    plan: TilePlan
+    plane_shape: tuple[int, int]
+    block_tiles: tuple[int, int]
+
+    @classmethod
+    def make(
+        cls,
+        plan: TilePlan,
+        plane_shape: Sequence[int],
+        block_shape: int | Sequence[int] | None = None,
+        min_side: int = 1,
+        min_tiles: int = 1,
+    ) -> BlockGrid:
+        """Blocks of about ``block_shape`` output pixels (rounded down to whole tiles).
+
+        ``min_side`` is the smallest block side allowed (a halo that must fit in
+        one neighbouring block); blocks never exceed the plane. By default
+        (``block_shape`` None) a block holds at least ``min_tiles`` tiles, so
+        that a GPU can predict a whole batch of tiles at once.
+        """
+        if block_shape is None:
+            target = (DEFAULT_BLOCK_SIDE, DEFAULT_BLOCK_SIDE)
+        elif np.isscalar(block_shape):
+            target = (int(block_shape), int(block_shape))  # type: ignore[arg-type]
+        else:
+            target = tuple(int(b) for b in block_shape)  # type: ignore[union-attr]
+        if len(target) != 2 or min(target) < 1:
+            raise ValueError(
+                f"block_shape must be one or two positive sizes (rows, cols), not {block_shape}"
+            )
+        per_axis = math.ceil(math.sqrt(max(int(min_tiles), 1))) if block_shape is None else 1
+        k = []
+        for t, step, n in zip(target, plan.step, plan.n_tiles):
+            want = max(1, t // step, -(-int(min_side) // step), per_axis)
+            k.append(int(min(want, n)))
+        return cls(plan, (int(plane_shape[0]), int(plane_shape[1])), (k[0], k[1]))
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """Size of a full block in output pixels (a multiple of the tile step)."""
+        return (
+            self.block_tiles[0] * self.plan.step[0],
+            self.block_tiles[1] * self.plan.step[1],
+        )
+
+    @property
+    def n_blocks(self) -> tuple[int, int]:
+        """Blocks per axis."""
+        return (
+            -(-self.plan.n_tiles[0] // self.block_tiles[0]),
+            -(-self.plan.n_tiles[1] // self.block_tiles[1]),
+        )
+
+    @property
+    def total(self) -> int:
+        """Blocks per plane."""
+        return self.n_blocks[0] * self.n_blocks[1]
+
+    def indices(self) -> list[tuple[int, int]]:
+        """All ``(i, j)`` block indices, row-major."""
+        return [(i, j) for i in range(self.n_blocks[0]) for j in range(self.n_blocks[1])]
+
+    def bounds(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """Output pixels ``(row0, row1, col0, col1)`` of block ``(i, j)``, clipped to the plane."""
+        bh, bw = self.block_shape
+        h, w = self.plane_shape
+        return i * bh, min((i + 1) * bh, h), j * bw, min((j + 1) * bw, w)
+
+    def origins(self, i: int, j: int) -> list[tuple[int, int]]:
+        """Origins of the plan's tiles that make up block ``(i, j)``, row-major."""
+        kr, kc = self.block_tiles
+        nr, nc = self.plan.n_tiles
+        sr, sc = self.plan.step
+        return [
+            (a * sr, b * sc)
+            for a in range(i * kr, min((i + 1) * kr, nr))
+            for b in range(j * kc, min((j + 1) * kc, nc))
+        ]
+
+
 def _axis_geometry(model: UNet, n_in: int) -> tuple[int, int, int]:
     """For a valid network input length: (usable output length, offset, crop)."""
     if model.padding == "valid":
@@ -330,6 +441,65 @@ def _auto_tile_and_batch(
 
 
 # --------------------------------------------------------------- prediction
+def level0(image: Any) -> Any:
+    """The full-resolution level of a multiscale image (a napari multiscale layer's data,
+    or a list of arrays from large to small); any other image is returned as it is.
+
+    >>> big, small = np.zeros((8, 8)), np.zeros((4, 4))
+    >>> level0([big, small]) is big, level0(big) is big
+    (True, True)
+    """
+    if isinstance(image, (list, tuple)) or type(image).__name__ == "MultiScaleData":
+        if len(image) == 0 or not hasattr(image[0], "shape"):
+            raise ValueError(
+                "the image must be an array (numpy, dask or zarr) or a multiscale list of "
+                "arrays from large to small, not a list of numbers; wrap it in numpy.asarray"
+            )
+        return image[0]
+    return image
+
+
+def check_image(image: Any) -> None:
+    """Refuse what cannot be segmented: no array, or a non-numeric dtype."""
+    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        raise TypeError(
+            f"the image must be an array (numpy, dask or zarr), not {type(image).__name__}; "
+            "wrap it in numpy.asarray"
+        )
+    if not np.issubdtype(np.dtype(image.dtype), np.number) and np.dtype(image.dtype) != bool:
+        raise ValueError(f"the image must be numeric, not of dtype {image.dtype}")
+
+
+def plane_stats(
+    layout: ImageLayout, image: Any, plane: int, norm: Normalization, in_channels: int
+) -> list[tuple[float, float]]:
+    """Normalisation statistics of one plane, per channel, from a regular subsample."""
+    sample = layout.read(image, plane, *layout.sample_slices(), in_channels)
+    return [norm.stats(channel) for channel in sample]
+
+
+def resolve_tiles(
+    model: UNet,
+    plane_shape: Sequence[int],
+    device: torch.device,
+    n_planes: int,
+    tile_shape: int | Sequence[int] | None,
+    batch_size: int | None,
+) -> tuple[tuple[int, int], int]:
+    """The tile size and batch size to use: as given, or automatic from the memory."""
+    if tile_shape is None:
+        tiles, auto_batch = _auto_tile_and_batch(model, plane_shape, device, n_planes)
+        batch = int(batch_size or auto_batch)
+    else:
+        tiles = (tile_shape, tile_shape) if np.isscalar(tile_shape) else tuple(tile_shape)
+        if len(tiles) != 2:
+            raise ValueError(f"tile_shape must be one or two sizes (rows, cols), not {tile_shape}")
+        batch = int(batch_size or 1)
+    if batch < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    return (int(tiles[0]), int(tiles[1])), batch
+
+
 def _read_tile(
     layout: ImageLayout,
     image: Any,
@@ -347,6 +517,108 @@ def _read_tile(
     return block[:, (r - r0)[:, None], (c - c0)[None, :]]
 
 
+class WindowReader:
+    """Reads the input of many tiles from one window of the image, read once.
+
+    For a block of tiles, the window is everything its tiles need (their
+    context included, mirrored at the image border), so a lazy image (dask,
+    zarr) is read once per block instead of once per (overlapping) tile.
+    Calling it with virtual row and column coordinates returns the same values
+    as reading that tile directly from the image.
+    """
+
+    def __init__(
+        self,
+        layout: ImageLayout,
+        image: Any,
+        plane: int,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        in_channels: int,
+    ) -> None:
+        h, w = layout.plane_shape
+        self.shape = (h, w)
+        r = reflect_index(np.arange(*rows), h)
+        c = reflect_index(np.arange(*cols), w)
+        self.r0, self.c0 = int(r.min()), int(c.min())
+        self.data = layout.read(
+            image, plane, slice(self.r0, int(r.max()) + 1), slice(self.c0, int(c.max()) + 1),
+            in_channels,
+        )
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        r = reflect_index(rows, self.shape[0]) - self.r0
+        c = reflect_index(cols, self.shape[1]) - self.c0
+        return self.data[:, r[:, None], c[None, :]]
+
+    @classmethod
+    def for_tiles(
+        cls,
+        layout: ImageLayout,
+        image: Any,
+        plane: int,
+        plan: TilePlan,
+        origins: Sequence[tuple[int, int]],
+        in_channels: int,
+    ) -> WindowReader:
+        """The window that holds the input of the tiles at ``origins``."""
+        rows = [o[0] for o in origins]
+        cols = [o[1] for o in origins]
+        return cls(
+            layout, image, plane,
+            (min(rows) - plan.offset[0], max(rows) - plan.offset[0] + plan.in_shape[0]),
+            (min(cols) - plan.offset[1], max(cols) - plan.offset[1] + plan.in_shape[1]),
+            in_channels,
+        )
+
+
+def predict_region(
+    model: UNet,
+    read_tile: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    plan: TilePlan,
+    origins: Sequence[tuple[int, int]],
+    corner: tuple[int, int],
+    stats: list[tuple[float, float]],
+    batch: int,
+    device: torch.device,
+    buffer: np.ndarray,
+) -> Generator[int, None, None]:
+    """Predict the tiles at ``origins`` into ``buffer``, whose pixel (0, 0) is ``corner``.
+
+    ``read_tile(rows, cols)`` gives the ``(channel, row, col)`` input at virtual
+    (mirrored) coordinates; the model must be in eval mode on ``device``. Yields
+    the number of tiles done after each batch.
+    """
+    offsets = np.array([s[0] for s in stats], dtype=np.float32)[:, None, None]
+    scales = np.array([s[1] for s in stats], dtype=np.float32)[:, None, None]
+    dtype = next(model.parameters()).dtype  # float32 usually; float64 for exactness checks
+    bh, bw = buffer.shape[-2:]
+    for start in range(0, len(origins), batch):
+        chunk = origins[start : start + batch]
+        tiles = []
+        for r0, c0 in chunk:
+            rows = np.arange(r0 - plan.offset[0], r0 - plan.offset[0] + plan.in_shape[0])
+            cols = np.arange(c0 - plan.offset[1], c0 - plan.offset[1] + plan.in_shape[1])
+            tile = read_tile(rows, cols)
+            if not np.isfinite(tile).all():
+                raise ValueError(
+                    "the image contains NaN or infinite values; replace them (for example "
+                    "with numpy.nan_to_num) before segmenting"
+                )
+            tiles.append((tile - offsets) / scales)
+        x = torch.from_numpy(np.stack(tiles)).to(device=device, dtype=dtype)
+        with torch.inference_mode():
+            probs = torch.softmax(model(x), dim=1)
+        cr, cc = plan.crop
+        probs = probs[:, :, cr : cr + plan.out_shape[0], cc : cc + plan.out_shape[1]]
+        probs = probs.float().cpu().numpy()
+        for k, (r0, c0) in enumerate(chunk):
+            a, b = r0 - corner[0], c0 - corner[1]
+            a1, b1 = min(a + plan.step[0], bh), min(b + plan.step[1], bw)
+            buffer[:, a:a1, b:b1] = probs[k, :, : a1 - a, : b1 - b]
+        yield len(chunk)
+
+
 def iter_predict_tiled(
     model: UNet,
     image: Any,
@@ -357,6 +629,7 @@ def iter_predict_tiled(
     axes: str | None = None,
     normalization: Normalization | None = None,
     out: Any = None,
+    block_shape: int | Sequence[int] | None = None,
 ) -> Generator[TileProgress, None, Any]:
     """Generator form of :func:`predict_tiled`: yields :class:`TileProgress`, returns the result.
 
@@ -365,10 +638,10 @@ def iter_predict_tiled(
     """
     if not isinstance(model, UNet):
         raise TypeError(f"model must be a napari_unet.UNet, not {type(model).__name__}")
+    image = level0(image)
+    check_image(image)
     dev = resolve_device(device)
     layout = ImageLayout.infer(image.shape, model.in_channels, axes)
-    if not np.issubdtype(np.dtype(image.dtype), np.number) and np.dtype(image.dtype) != bool:
-        raise ValueError(f"the image must be numeric, not of dtype {image.dtype}")
     norm = normalization or model.normalization
     n_planes = layout.n_planes
     plane_shape = layout.plane_shape
@@ -382,17 +655,7 @@ def iter_predict_tiled(
                 "(n_classes, *spatial)"
             )
         result = out
-
-    if tile_shape is None:
-        tiles, auto_batch = _auto_tile_and_batch(model, plane_shape, dev, n_planes)
-        batch = int(batch_size or auto_batch)
-    else:
-        tiles = (tile_shape, tile_shape) if np.isscalar(tile_shape) else tuple(tile_shape)
-        if len(tiles) != 2:
-            raise ValueError(f"tile_shape must be one or two sizes (rows, cols), not {tile_shape}")
-        batch = int(batch_size or 1)
-    if batch < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    tiles, batch = resolve_tiles(model, plane_shape, dev, n_planes, tile_shape, batch_size)
 
     was_training = model.training
     model.eval()
@@ -400,19 +663,27 @@ def iter_predict_tiled(
     model.to(dev)
     try:
         plan = plan_tiles(model, plane_shape, tiles)
+        grid = BlockGrid.make(plan, plane_shape, block_shape, min_tiles=batch)
         done = 0
         total = plan.total * n_planes
         yield TileProgress(0, total)
         plane = 0
+        plane_index = (lambda z: (z,)) if "z" in layout.axes else (lambda z: ())
         while plane < n_planes:
-            sample = layout.read(image, plane, *layout.sample_slices(), model.in_channels)
-            stats = [norm.stats(channel) for channel in sample]
+            stats = plane_stats(layout, image, plane, norm, model.in_channels)
+            read = partial(_read_tile, layout, image, plane, in_channels=model.in_channels)
             try:
-                for progress in _predict_plane(
-                    model, image, layout, plane, plan, stats, batch, dev, result
-                ):
-                    done += progress
-                    yield TileProgress(done, total)
+                for i, j in grid.indices():
+                    r0, r1, c0, c1 = grid.bounds(i, j)
+                    buffer = np.empty((model.n_classes, r1 - r0, c1 - c0), np.float32)
+                    for n in predict_region(
+                        model, read, plan, grid.origins(i, j), (r0, c0), stats, batch, dev,
+                        buffer,
+                    ):
+                        done += n
+                        yield TileProgress(done, total)
+                    index = (slice(None), *plane_index(plane), slice(r0, r1), slice(c0, c1))
+                    result[index] = buffer
             except torch.OutOfMemoryError:
                 if dev.type != "cuda":
                     raise
@@ -426,6 +697,7 @@ def iter_predict_tiled(
                     if new_plan.in_shape == plan.in_shape:
                         raise
                     plan = new_plan
+                    grid = BlockGrid.make(plan, plane_shape, block_shape, min_tiles=batch)
                     what = f"tiles of {plan.in_shape[0]}x{plan.in_shape[1]}"
                 warnings.warn(
                     f"GPU out of memory; retrying plane {plane} with {what}",
@@ -443,52 +715,6 @@ def iter_predict_tiled(
     return result
 
 
-def _predict_plane(
-    model: UNet,
-    image: Any,
-    layout: ImageLayout,
-    plane: int,
-    plan: TilePlan,
-    stats: list[tuple[float, float]],
-    batch: int,
-    device: torch.device,
-    result: Any,
-) -> Generator[int, None, None]:
-    """Predict one plane tile batch by tile batch, yielding the tiles done per batch."""
-    h, w = layout.plane_shape
-    offsets = np.array([s[0] for s in stats], dtype=np.float32)[:, None, None]
-    scales = np.array([s[1] for s in stats], dtype=np.float32)[:, None, None]
-    origins = plan.origins()
-    dtype = next(model.parameters()).dtype  # float32 usually; float64 for exactness checks
-    plane_index = (plane,) if "z" in layout.axes else ()
-    for start in range(0, len(origins), batch):
-        chunk = origins[start : start + batch]
-        tiles = []
-        for r0, c0 in chunk:
-            rows = np.arange(r0 - plan.offset[0], r0 - plan.offset[0] + plan.in_shape[0])
-            cols = np.arange(c0 - plan.offset[1], c0 - plan.offset[1] + plan.in_shape[1])
-            tile = _read_tile(layout, image, plane, rows, cols, model.in_channels)
-            if not np.isfinite(tile).all():
-                raise ValueError(
-                    "the image contains NaN or infinite values; replace them (for example "
-                    "with numpy.nan_to_num) before segmenting"
-                )
-            tiles.append((tile - offsets) / scales)
-        x = torch.from_numpy(np.stack(tiles)).to(device=device, dtype=dtype)
-        with torch.inference_mode():
-            probs = torch.softmax(model(x), dim=1)
-        cr, cc = plan.crop
-        probs = probs[:, :, cr : cr + plan.out_shape[0], cc : cc + plan.out_shape[1]]
-        probs = probs.float().cpu().numpy()
-        for k, (r0, c0) in enumerate(chunk):
-            r1 = min(r0 + plan.step[0], h)
-            c1 = min(c0 + plan.step[1], w)
-            result[(slice(None), *plane_index, slice(r0, r1), slice(c0, c1))] = probs[
-                k, :, : r1 - r0, : c1 - c0
-            ]
-        yield len(chunk)
-
-
 def predict_tiled(
     model: UNet,
     image: Any,
@@ -499,6 +725,7 @@ def predict_tiled(
     axes: str | None = None,
     normalization: Normalization | None = None,
     out: Any = None,
+    block_shape: int | Sequence[int] | None = None,
 ) -> Any:
     """Class probabilities of a whole image by seamless overlap-tile prediction.
 
@@ -509,7 +736,9 @@ def predict_tiled(
     image : array-like
         2D ``(row, col)``, a stack ``(plane, row, col)`` predicted plane by plane,
         channels ``(channel, row, col)`` or colour ``(row, col, 3)``; any numeric
-        dtype; numpy, dask or zarr (only the windows each tile needs are read).
+        dtype; numpy, dask or zarr (only the windows each tile needs are read), or
+        a multiscale list of arrays such as a napari multiscale layer's data (its
+        full-resolution level 0 is predicted).
     tile_shape : int or (int, int), optional
         Network input size of one tile (572 in the paper). Invalid sizes are
         rounded to the nearest valid one. By default the largest tile that fits
@@ -527,7 +756,11 @@ def predict_tiled(
         Defaults to the one stored with the model.
     out : array-like, optional
         Where to write the result (e.g. a memory-mapped or zarr array of shape
-        ``(n_classes, *spatial)``), so the result need not fit in memory.
+        ``(n_classes, *spatial)``), so the result need not fit in memory. It is
+        written one block at a time.
+    block_shape : int or (int, int), optional
+        Output pixels per block (rounded down to whole tiles; default about
+        2048): the most of the result held in memory at once.
 
     Returns
     -------
@@ -547,6 +780,6 @@ def predict_tiled(
     return run_to_completion(
         iter_predict_tiled(
             model, image, tile_shape, batch_size, device,
-            axes=axes, normalization=normalization, out=out,
+            axes=axes, normalization=normalization, out=out, block_shape=block_shape,
         )
     )

@@ -510,6 +510,7 @@ class _Trainer:
             for key in ("seed", "optimizer", "lr", "loss", "gap", "target_mode", "w0", "sigma",
                         "validation"):
                 opts[key] = saved[key]
+            opts["final_lr_fraction"] = saved.get("final_lr_fraction")
             if opts["patch_shape"] is None and saved.get("patch_shape"):
                 opts["patch_shape"] = tuple(saved["patch_shape"])
             if opts["batch_size"] is None and saved.get("batch_size"):
@@ -554,6 +555,9 @@ class _Trainer:
                              f"{o['max_time']!r}")
         if o["lr"] is not None and not float(o["lr"]) > 0:
             raise ValueError(f"lr must be positive, not {o['lr']!r}")
+        flr = o["final_lr_fraction"]
+        if flr is not None and not 0.0 <= float(flr) <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], not {flr!r}")
         if not 0.0 <= float(o["validation"]) < 1.0:
             raise ValueError(f"validation must be a fraction in [0, 1), not {o['validation']!r}")
         if o["gap"] not in (0, 1, 2) or o["target_mode"] == "boundary" and o["gap"] == 0:
@@ -580,7 +584,9 @@ class _Trainer:
         if model is None:
             packaged = packaged_model_path("default")
             if packaged is not None:
-                return load_model(packaged), "default"
+                default = load_model(packaged)
+                if default.n_classes == TARGET_MODES[self.opts["target_mode"]]:
+                    return default, "default"
             return new_model(self.opts["target_mode"]), "new"
         if isinstance(model, UNet):
             return _copy_model(model), str(model.metadata.get("path", "model"))
@@ -1018,7 +1024,8 @@ class _Trainer:
                 if max_time is not None and elapsed() >= float(max_time):
                     stopped = "max_time"
                     break
-                lr = lr0 * _schedule(state["step"], max_steps, elapsed(), max_time)
+                lr = lr0 * _schedule(state["step"], max_steps, elapsed(), max_time,
+                                     o["final_lr_fraction"])
                 for group in opt.param_groups:
                     group["lr"] = lr
                 oom = False
@@ -1213,6 +1220,7 @@ class _Trainer:
                 "loss": o["loss"], "gap": int(o["gap"]), "target_mode": o["target_mode"],
                 "w0": float(o["w0"]), "sigma": float(o["sigma"]),
                 "validation": float(o["validation"]), "patch_shape": list(patch),
+                "final_lr_fraction": o["final_lr_fraction"],
                 "batch_size": int(batch), "started_from": self.started_from,
             },
         }
@@ -1220,8 +1228,13 @@ class _Trainer:
 
 
 # ==================================================================== helpers
-def _schedule(step: int, max_steps: int | None, elapsed: float, max_time: float | None) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to FINAL_LR_FRACTION at the end."""
+def _schedule(step: int, max_steps: int | None, elapsed: float, max_time: float | None,
+              final_fraction: float | None = None) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to ``final_fraction``.
+
+    ``final_fraction`` defaults to FINAL_LR_FRACTION; the decay follows the step
+    or time limit (whichever is nearer), and there is none without a limit.
+    """
     warm = min(1.0, (step + 1) / max(WARMUP_STEPS, 1))
     fracs = []
     if max_steps:
@@ -1231,7 +1244,7 @@ def _schedule(step: int, max_steps: int | None, elapsed: float, max_time: float 
     if not fracs:
         return warm
     f = min(1.0, max(fracs))
-    low = FINAL_LR_FRACTION
+    low = FINAL_LR_FRACTION if final_fraction is None else float(final_fraction)
     return warm * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * f)))
 
 
@@ -1328,6 +1341,7 @@ def iter_train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 250,
     resume: str | os.PathLike | None = None,
+    final_lr_fraction: float | None = None,
     gap: int = 1,
     target_mode: str = "binary",
     w0: float = 10.0,
@@ -1349,6 +1363,7 @@ def iter_train(
         validation=validation, validate_every=validate_every, device=device, seed=seed,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         gap=gap, target_mode=target_mode, w0=w0, sigma=sigma,
+        final_lr_fraction=final_lr_fraction,
     )
     return TrainingRun(_Trainer(images, labels, model, opts))
 
@@ -1403,8 +1418,11 @@ def train(
         Adam, or SGD with momentum 0.99 as in the paper.
     lr : float, optional
         Learning rate (default 3e-3 for Adam, 1e-2 for SGD), reached after a
-        50-step linear warm-up and then kept (``FINAL_LR_FRACTION`` < 1 adds a
-        cosine decay towards the end of runs with a step or time limit).
+        50-step linear warm-up and then kept (see ``final_lr_fraction``).
+    final_lr_fraction : float, optional
+        With a step or time limit, decay the learning rate along a cosine to
+        this fraction of ``lr`` at the end (default ``FINAL_LR_FRACTION``, 1.0:
+        no decay, which suits short fine-tuning; long pretraining uses ~0.05).
     loss : {"weighted_ce", "weighted_ce+dice"}
         See :func:`training_loss`.
     augment : bool or AugmentConfig

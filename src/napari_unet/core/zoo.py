@@ -55,8 +55,62 @@ class ModelInfo:
     def __str__(self) -> str:
         return f"{self.name} ({self.source})"
 
+    @property
+    def training(self) -> dict[str, Any]:
+        """The record of the model's last training run (empty if none)."""
+        return dict(self.metadata.get("training") or {})
+
+    @property
+    def trained_on(self) -> str | None:
+        """What the model (or the model it was fine-tuned from) was trained on."""
+        return self.metadata.get("trained_on")
+
+    @property
+    def date(self) -> str | None:
+        """When the last training run ended (ISO 8601, UTC)."""
+        return self.training.get("date")
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the last training run took, in seconds."""
+        value = self.metadata.get("pretraining_seconds", self.training.get("seconds"))
+        return None if value is None else float(value)
+
+    @property
+    def val_f1(self) -> float | None:
+        """Best validation F1 (IoU 0.5) of the last training run."""
+        value = self.training.get("best_val_f1")
+        return None if value is None else float(value)
+
+    def summary(self) -> str:
+        """One line: name, source, when, how long, validation F1, where it started."""
+        parts = [str(self)]
+        if self.date:
+            parts.append(f"trained {self.date[:16].replace('T', ' ')} UTC")
+        if self.seconds is not None:
+            parts.append(f"{self.seconds / 60:.1f} min")
+        if self.training.get("steps"):
+            parts.append(f"{self.training['steps']} steps")
+        if self.val_f1 is not None:
+            parts.append(f"validation F1 {self.val_f1:.2f}")
+        start = self.training.get("started_from")
+        if start and start != "new":
+            parts.append(f"fine-tuned from {Path(str(start)).stem}")
+        return ", ".join(parts)
+
 
 def _read_metadata(path: Path) -> dict[str, Any] | None:
+    if path.suffix == ".zip":  # a bioimage.io package written by export_bioimageio
+        from .bioimageio import read_bioimageio_package
+
+        try:
+            net = read_bioimageio_package(path)
+        except Exception:  # noqa: BLE001 - not ours or damaged: not listed
+            return None
+        meta = dict(net.metadata)
+        meta.pop("path", None)
+        meta.setdefault("config", dict(net.config))
+        return meta
     try:
         payload = torch.load(path, map_location="meta", weights_only=True)
     except Exception:  # noqa: BLE001 - unreadable files are simply not listed
@@ -71,7 +125,9 @@ def _read_metadata(path: Path) -> dict[str, Any] | None:
 def list_models() -> list[ModelInfo]:
     """The packaged models, then the user's models (newest first).
 
-    Files in the user folder that are not readable napari-unet models are skipped.
+    Model files (``.pt``) and bioimage.io packages written by napari-unet
+    (``.zip``) in the user folder are listed; files that are not readable
+    napari-unet models are skipped.
     """
     found: list[ModelInfo] = []
     packaged = packaged_models_dir()
@@ -81,7 +137,8 @@ def list_models() -> list[ModelInfo]:
             found.append(ModelInfo(path.stem, path, "packaged", meta))
     user = user_models_dir()
     if user.is_dir():
-        files = sorted(user.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        files = sorted([*user.glob("*.pt"), *user.glob("*.zip")],
+                       key=lambda p: p.stat().st_mtime, reverse=True)
         for path in files:
             meta = _read_metadata(path)
             if meta is not None:

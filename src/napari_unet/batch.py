@@ -1,0 +1,310 @@
+"""Segmenting many files: which inputs, which outputs, one summary per file (no Qt, no napari).
+
+Used by ``napari-unet segment`` with several inputs, a folder or a glob; also
+usable from scripts::
+
+    from napari_unet.batch import expand_inputs, output_path, segment_file
+    for image in expand_inputs(["data/*.tif"]):
+        print(segment_file(image, output_path(image, "labels/", "zarr"), "my_model.pt").summary())
+
+Each file is read, segmented block by block (:func:`napari_unet.segment`) and
+written to TIFF or OME-Zarr; OME-Zarr is written block by block, so its memory
+does not grow with the image. A file whose output exists is skipped unless
+``overwrite`` is set, and a file that fails is reported without stopping the
+others. On a dask cluster (:func:`iter_segment_files` with a client) each file
+is one task.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.instances import SegmentProgress
+
+__all__ = [
+    "FileResult", "expand_inputs", "output_path", "iter_segment_file", "segment_file",
+    "iter_segment_files", "IMAGE_SUFFIXES",
+]
+
+#: File name endings read as images when a folder is given.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
+_GLOB = set("*?[")
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file.
+
+    ``status`` is ``"done"``, ``"skipped"`` (the output exists) or ``"failed"``
+    (``error`` says why, in one line).
+    """
+
+    input: str
+    output: str
+    status: str
+    n_cells: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    def summary(self) -> str:
+        """One line for the batch report."""
+        if self.status == "done":
+            return f"{self.input}: {self.n_cells} cells in {self.seconds:.1f} s -> {self.output}"
+        if self.status == "skipped":
+            return f"{self.input}: skipped, {self.output} exists (--overwrite replaces it)"
+        return f"{self.input}: failed: {self.error}"
+
+
+def _is_image_entry(path: Path) -> bool:
+    name = path.name.lower()
+    if name.startswith("."):
+        return False
+    if path.is_dir():
+        from .io import is_zarr
+
+        return is_zarr(path)
+    return name.endswith(IMAGE_SUFFIXES)
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Input files from file names, folders (the images in them) and glob patterns.
+
+    Order is kept (folders and patterns sorted), duplicates dropped. A file
+    that does not exist is kept, to be reported as failed; a folder without
+    images or a pattern that matches nothing is an error.
+
+    >>> expand_inputs(["a.tif", "a.tif", "b.tif"])
+    [PosixPath('a.tif'), PosixPath('b.tif')]
+    """
+    found: list[Path] = []
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir() and not _is_image_entry(path):
+            entries = sorted(p for p in path.iterdir() if _is_image_entry(p))
+            if not entries:
+                raise ValueError(
+                    f"no images in the folder {path} (looked for {', '.join(IMAGE_SUFFIXES)})"
+                )
+            found.extend(entries)
+        elif not path.exists() and _GLOB & set(text):
+            matches = sorted(Path(m) for m in glob.glob(text))
+            matches = [m for m in matches if m.is_file() or _is_image_entry(m)]
+            if not matches:
+                raise ValueError(f"no files match {text}")
+            found.extend(matches)
+        else:
+            found.append(path)
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ending in (".ome.zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return path.stem
+
+
+def output_path(input: str | os.PathLike, folder: str | os.PathLike, fmt: str = "tif",
+                what: str = "labels") -> Path:
+    """Where the result of ``input`` goes in ``folder``: ``NAME_labels.tif`` or ``.ome.zarr``.
+
+    >>> output_path("data/cells.ome.tif", "out", "zarr")
+    PosixPath('out/cells_labels.ome.zarr')
+    """
+    if fmt not in ("tif", "zarr"):
+        raise ValueError(f"unknown output format {fmt!r}: use 'tif' or 'zarr'")
+    ending = ".tif" if fmt == "tif" else ".ome.zarr"
+    return Path(folder) / f"{_stem(Path(input))}_{what}{ending}"
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_writable(path: Path) -> None:
+    from .io import is_zarr
+
+    if not (is_zarr(path) or path.suffix.lower() in (".tif", ".tiff", ".npy")):
+        raise ValueError(f"cannot write {path}: use a .tif, .npy or .zarr (OME-Zarr) file name")
+
+
+def iter_segment_file(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    model: Any,
+    *,
+    overwrite: bool = False,
+    probabilities: str | os.PathLike | None = None,
+    overlay: str | os.PathLike | None = None,
+    client: Any = None,
+    **options: Any,
+) -> Generator[SegmentProgress, None, FileResult]:
+    """Segment one file into ``output`` (TIFF, ``.npy`` or OME-Zarr); yields progress.
+
+    Returns a :class:`FileResult`: ``"skipped"`` if ``output`` exists and not
+    ``overwrite``. Errors (an unreadable file, a wrong shape) are raised; see
+    :func:`segment_file` for the form that reports them. ``options`` go to
+    :func:`napari_unet.segment` (``tile_shape``, ``block_shape``, ``device``,
+    ``threshold``, ...); ``client`` runs the blocks on a dask cluster.
+    """
+    from .core.blocks import iter_segment_blocks
+    from .core.checkpoints import load_model
+    from .core.tiling import ImageLayout
+    from .io import create_ome_zarr, is_zarr, read_image, remove_output, write_image, write_overlay
+
+    input, output = Path(input), Path(output)
+    start = time.perf_counter()
+    if output.exists() and not overwrite:
+        return FileResult(str(input), str(output), "skipped")
+    extras = [Path(p) for p in (probabilities, overlay) if p is not None]
+    _check_writable(output)
+    if probabilities is not None:
+        _check_writable(Path(probabilities))
+    if overlay is not None and Path(overlay).suffix.lower() != ".png":
+        raise ValueError(f"cannot write the overlay {overlay}: use a .png file name")
+    for path in extras:
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    net = load_model(model)
+    image = read_image(input)
+    layout = ImageLayout.infer(image.shape, net.in_channels, options.get("axes"))
+    spatial = layout.spatial_shape
+    axes = "zyx"[3 - len(spatial):]
+    created: list[Path] = []
+    out: Any = None
+    probs_out: Any = None if probabilities is None else True
+    try:
+        # only now that the input is readable: replace what is there
+        for path in [output, *extras]:
+            if overwrite and (path.exists() or path.is_symlink()):
+                remove_output(path)
+        block = options.pop("block_shape", None)
+        if is_zarr(output):
+            chunks = _zarr_chunks(net, image, layout, options, block)
+            out = create_ome_zarr(output, spatial, chunks, np.int32, axes)
+            created.append(output)
+            block = chunks[-2:]
+        if probabilities is not None and is_zarr(probabilities):
+            chunks = _zarr_chunks(net, image, layout, options, block)
+            probs_out = create_ome_zarr(probabilities, (net.n_classes, *spatial),
+                                        (net.n_classes, *chunks), np.float32, "c" + axes,
+                                        labels=False)
+            created.append(Path(probabilities))
+            block = chunks[-2:]
+        result = yield from iter_segment_blocks(
+            image, net, out=out, probabilities=probs_out, block_shape=block, client=client,
+            **options,
+        )
+        if out is None:
+            write_image(output, result.labels, overwrite=True)
+            created.append(output)
+        if probabilities is not None and not is_zarr(probabilities):
+            write_image(probabilities, result.probabilities, overwrite=True)
+            created.append(Path(probabilities))
+        if overlay is not None:
+            write_overlay(overlay, np.asarray(image), np.asarray(result.labels), overwrite=True)
+    except BaseException:
+        for path in created:  # never leave half-written outputs behind
+            remove_output(path)
+        raise
+    return FileResult(str(input), str(output), "done", int(result.n_cells),
+                      time.perf_counter() - start)
+
+
+def _zarr_chunks(net: Any, image: Any, layout: Any, options: dict, block: Any) -> tuple:
+    """Chunks of a zarr output: one chunk per block, so blocks can be written at once."""
+    from .core._utils import resolve_device
+    from .core.instances import grow_halo
+    from .core.tiling import BlockGrid, plan_tiles, resolve_tiles
+
+    dev = resolve_device(options.get("device"))
+    tiles, batch = resolve_tiles(net, layout.plane_shape, dev, layout.n_planes,
+                                 options.get("tile_shape"), options.get("batch_size"))
+    grow = options.get("grow")
+    if grow is None:
+        grow = int(net.metadata.get("target", {}).get("gap", 1)) + 1
+    grid = BlockGrid.make(plan_tiles(net, layout.plane_shape, tiles), layout.plane_shape, block,
+                          min_side=grow_halo(int(grow), net.classes), min_tiles=batch)
+    return ((1,) if "z" in layout.axes else ()) + grid.block_shape
+
+
+def segment_file(
+    input: str | os.PathLike, output: str | os.PathLike, model: Any, **kwargs: Any
+) -> FileResult:
+    """:func:`iter_segment_file` run to the end; an error becomes a ``"failed"`` result.
+
+    Safe to run in a dask worker: it uses the worker's threads for torch and
+    reads lazy images in its own thread.
+    """
+    import dask
+
+    from .core._utils import run_to_completion
+    from .core.distributed import Shared, worker_setup
+
+    worker_setup()
+    if isinstance(model, Shared):
+        model = model.value
+    start = time.perf_counter()
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            return run_to_completion(iter_segment_file(input, output, model, **kwargs))
+    except Exception as err:  # noqa: BLE001 - reported per file; the batch goes on
+        return FileResult(str(input), str(output), "failed", seconds=time.perf_counter() - start,
+                          error=_one_line(err))
+
+
+def iter_segment_files(
+    jobs: Sequence[tuple[Any, ...]],
+    model: Any,
+    *,
+    client: Any = None,
+    **kwargs: Any,
+) -> Generator[FileResult, None, None]:
+    """Segment files; yields a :class:`FileResult` per file as it ends.
+
+    ``jobs`` are ``(input, output)`` pairs, or ``(input, output, options)``
+    with options of that file only (e.g. its ``probabilities`` path). Without
+    ``client`` the files are done here one after the other; with a
+    ``dask.distributed.Client`` (or a scheduler address) each file is one task
+    on the cluster, and results come in the order the files finish. The
+    workers must reach the files. ``kwargs`` go to :func:`iter_segment_file`.
+    """
+    from .core.checkpoints import load_model
+
+    net = load_model(model)
+    specs = [(str(job[0]), str(job[1]), {**kwargs, **(job[2] if len(job) > 2 else {})})
+             for job in jobs]
+    if client is None:
+        for input, output, options in specs:
+            yield segment_file(input, output, net, **options)
+        return
+    from .core.distributed import Shared, connect, submit_all
+
+    with connect(client) as dask_client:
+        shared = dask_client.scatter(Shared(net), broadcast=True)
+        arguments = [(i, o, shared, options) for i, o, options in specs]
+        for _, result in submit_all(dask_client, _file_task, arguments):
+            yield result
+
+
+def _file_task(input: str, output: str, model: Any, kwargs: dict) -> FileResult:
+    """One file in a dask worker (module level, so workers can import it)."""
+    return segment_file(input, output, model, **kwargs)

@@ -1,0 +1,212 @@
+"""Block-by-block segmentation equals one-piece segmentation, ids included, and stays lazy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from blocks_helpers import as_image, border_cells, passthrough_unet
+from scipy import ndimage as ndi
+
+from napari_unet import UNet, predict_tiled, probabilities_to_labels, segment
+from napari_unet.core.blocks import iter_segment_blocks
+from napari_unet.core.instances import SegmentProgress, iter_segment
+from napari_unet.core.tiling import BlockGrid, plan_tiles
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks: one torch thread is fastest, and immune to other load on the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def one_piece(net, image, tile, **kw):
+    """The reference: predict the whole image, then label it in one piece."""
+    probs = predict_tiled(net, image, tile_shape=tile)
+    return probabilities_to_labels(probs, net.classes, **kw)
+
+
+@pytest.mark.parametrize("three_class", [False, True])
+def test_cells_on_block_borders_and_corners_get_one_id(three_class):
+    net = passthrough_unet(three_class)
+    shape, tile = (150, 170), 80
+    truth, kept, grid = border_cells(net, shape, tile, block=40)
+    assert grid.n_blocks[0] >= 3 and grid.n_blocks[1] >= 3
+    image = as_image(truth, three_class)
+    reference = one_piece(net, image, tile, min_size=16, grow=2)
+    for block in (grid.block_shape, (20, 60), 1, 10_000):
+        labels = segment(image, net, tile_shape=tile, block_shape=block, min_size=16, grow=2)
+        np.testing.assert_array_equal(labels, reference, err_msg=f"blocks of {block}")
+    if three_class:
+        return
+    # against the design: every cell of 16 pixels or more is one id, the others are gone
+    assert labels.max() == len(kept)
+    for i in range(1, truth.max() + 1):
+        ids = np.unique(labels[truth == i])
+        if i in kept:
+            assert len(ids) == 1 and ids[0] > 0, f"cell {i} got ids {ids}"
+        else:
+            assert set(ids) == {0}, f"cell {i} of {np.sum(truth == i)} pixels was kept"
+    # and the numbering is one-piece labelling's: raster order of the first pixel (of the
+    # cells before they are grown back over the gaps)
+    seeds = np.where(truth > 0, labels, 0).ravel()
+    firsts = [np.flatnonzero(seeds == k)[0] for k in range(1, labels.max() + 1)]
+    assert firsts == sorted(firsts)
+
+
+def test_random_network_in_blocks_equals_one_piece(rng):
+    """A real (random) network, many irregular cells, a stack: the same labels exactly."""
+    net = UNet(depth=2, base_channels=4).eval()
+    planes = [ndi.gaussian_filter(rng.normal(size=(120, 140)), 2.5) for _ in range(2)]
+    image = np.stack(planes).astype(np.float32)
+    tile = 48
+    probs = predict_tiled(net, image, tile_shape=tile)
+    threshold = float(np.percentile(probs[1], 55))  # many cells of all shapes
+    reference = probabilities_to_labels(probs, net.classes, threshold=threshold, min_size=6,
+                                        grow=2)
+    assert reference.max() > 30
+    for block in ((36, 36), (72, 1000), 1):
+        labels = segment(image, net, tile_shape=tile, block_shape=block, threshold=threshold,
+                         min_size=6, grow=2)
+        np.testing.assert_array_equal(labels, reference, err_msg=f"blocks of {block}")
+    # ids are unique through the stack
+    assert not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
+
+
+def test_default_blocks_hold_a_gpu_batch_of_tiles():
+    net = UNet(depth=2, base_channels=4)
+    plan = plan_tiles(net, (3000, 3000), (400, 400))
+    assert plan.step == (336, 336) and plan.n_tiles == (9, 9)
+    assert BlockGrid.make(plan, (3000, 3000)).block_tiles == (6, 6)  # about 2048 pixels
+    assert BlockGrid.make(plan, (3000, 3000), min_tiles=64).block_tiles == (8, 8)
+    assert BlockGrid.make(plan, (3000, 3000), 100, min_tiles=64).block_tiles == (1, 1)
+    assert BlockGrid.make(plan, (3000, 3000), 100, min_side=900).block_tiles == (3, 3)
+
+
+def test_lazy_input_into_zarr_output(tmp_path):
+    da = pytest.importorskip("dask.array")
+    zarr = pytest.importorskip("zarr")
+    net = passthrough_unet()
+    truth, _, grid = border_cells(net, (130, 150), 80, block=40)
+    image = as_image(truth, False)
+    expected = segment(image, net, tile_shape=80, min_size=16, grow=2)
+    lazy = da.from_array(image, chunks=(32, 32))
+    labels, probs = segment(lazy, net, tile_shape=80, block_shape=40, min_size=16, grow=2,
+                            out=tmp_path / "labels.zarr",
+                            probabilities_out=tmp_path / "probs.zarr",
+                            return_probabilities=True)
+    assert isinstance(labels, zarr.Array) and labels.dtype == np.int32
+    assert tuple(labels.chunks) == grid.block_shape  # one chunk per block
+    np.testing.assert_array_equal(labels[...], expected)
+    assert tuple(probs.chunks) == (2, *grid.block_shape)
+    np.testing.assert_allclose(probs[...], predict_tiled(net, image, tile_shape=80), atol=1e-6)
+    reopened = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
+    np.testing.assert_array_equal(reopened[...], expected)
+    # an open zarr array (of any chunks) works too, on this machine
+    target = zarr.open_array(str(tmp_path / "mine.zarr"), mode="w", shape=image.shape,
+                             chunks=(50, 50), dtype="int32")
+    assert segment(image, net, tile_shape=80, out=target, min_size=16, grow=2) is target
+    np.testing.assert_array_equal(target[...], expected)
+
+
+class CountingImage:
+    """An array-like that records the windows read from it."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.reads: list[int] = []
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        if not any(isinstance(k, slice) and k.step is not None for k in key):  # not the stats
+            self.reads.append(out.size)
+        return out
+
+
+def test_each_block_reads_its_window_once(rng):
+    net = UNet(depth=2, base_channels=4).eval()
+    image = CountingImage(rng.normal(size=(300, 260)).astype(np.float32))
+    grid = BlockGrid.make(plan_tiles(net, image.shape, (64, 64)), image.shape, 96)
+    labels = segment(image, net, tile_shape=64, block_shape=96)
+    assert labels.shape == image.shape
+    assert len(image.reads) == grid.total  # one read per block, not per tile
+    window = (grid.block_shape[0] + 64) * (grid.block_shape[1] + 64)
+    assert max(image.reads) <= window < image.data.size / 2
+
+
+def test_multiscale_input_segments_level_zero(rng):
+    net = UNet(depth=2, base_channels=4).eval()
+    image = rng.normal(size=(80, 90)).astype(np.float32)
+    levels = [image, image[::2, ::2], image[::4, ::4]]
+    np.testing.assert_array_equal(segment(levels, net, tile_shape=48),
+                                  segment(image, net, tile_shape=48))
+    probs = predict_tiled(net, levels, tile_shape=48)
+    assert probs.shape == (2, 80, 90)
+    with pytest.raises(ValueError, match="multiscale list of arrays"):
+        segment([[1, 2], [3, 4]], net)
+
+
+def test_progress_phases_and_cancel(rng):
+    net = UNet(depth=2, base_channels=4).eval()
+    image = rng.normal(size=(120, 130)).astype(np.float32)
+    grid = BlockGrid.make(plan_tiles(net, image.shape, (48, 48)), image.shape, 40)
+    records = list(iter_segment(image, net, tile_shape=48, block_shape=40))
+    assert all(isinstance(r, SegmentProgress) for r in records)
+    assert records[-1].done == records[-1].total == grid.plan.total + grid.total
+    dones = [r.done for r in records]
+    assert dones == sorted(dones)
+    assert [r.phase for r in records if r.phase != "predict"][0] == "merge"
+    assert records[-1].phase == "label"
+    # closing the generator stops between two batches of tiles
+    gen = iter_segment_blocks(image, net, tile_shape=48, block_shape=40)
+    next(gen)
+    next(gen)
+    gen.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_bad_outputs_are_refused_clearly(tmp_path, rng):
+    net = UNet(depth=2, base_channels=4).eval()
+    image = rng.normal(size=(40, 50)).astype(np.float32)
+    with pytest.raises(ValueError, match="out has shape"):
+        segment(image, net, out=np.zeros((40, 51), np.int32))
+    with pytest.raises(ValueError, match="dtype='int32'"):
+        segment(image, net, out=np.zeros((40, 50), np.uint8))
+    with pytest.raises(TypeError, match="writable array"):
+        segment(image, net, out=42)
+    (tmp_path / "there.zarr").mkdir()
+    with pytest.raises(FileExistsError, match="exists"):
+        segment(image, net, out=tmp_path / "there.zarr")
+    with pytest.raises(ValueError, match="block_shape"):
+        segment(image, net, block_shape=(0, 4))
+    with pytest.raises(ValueError, match="threshold"):
+        segment(image, net, threshold=2)
+    bad = image.copy()
+    bad[5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        segment(bad, net, out=tmp_path / "new.zarr")
+    assert not (tmp_path / "new.zarr").exists()  # no half-written output is left
+
+
+def test_predict_tiled_writes_out_block_by_block(rng):
+    net = UNet(depth=2, base_channels=4).eval()
+    image = rng.normal(size=(200, 180)).astype(np.float32)
+
+    class CountingOut(np.ndarray):
+        writes = 0
+
+        def __setitem__(self, key, value):
+            type(self).writes += 1
+            super().__setitem__(key, value)
+
+    out = np.zeros((2, 200, 180), np.float32).view(CountingOut)
+    grid = BlockGrid.make(plan_tiles(net, image.shape, (48, 48)), image.shape, 64)
+    predict_tiled(net, image, tile_shape=48, out=out, block_shape=64)
+    assert CountingOut.writes == grid.total < grid.plan.total
+    np.testing.assert_allclose(np.asarray(out), predict_tiled(net, image, tile_shape=48),
+                               atol=1e-6)
