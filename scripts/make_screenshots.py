@@ -47,6 +47,26 @@ def main() -> None:
     image, labels = viewer.layers["nuclei"], viewer.layers["nuclei labels"]
     shot(viewer, "01_sample.png")
 
+    # Segment layer with the pretrained model shipped with the plugin, before any training
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment layer")
+    segment.reset_choices()
+    segment.image.value = image
+    segment.run()
+    while segment.running:
+        pump(0.2)
+    labels.visible = False
+    viewer.layers["annotated region"].visible = False
+    shot(viewer, "01b_default_model.png")
+    viewer.layers.remove(viewer.layers[-1])
+    labels.visible = True
+    viewer.layers["annotated region"].visible = True
+    from qtpy.QtWidgets import QDockWidget
+
+    segment_dock = segment.native
+    while segment_dock is not None and not isinstance(segment_dock, QDockWidget):
+        segment_dock = segment_dock.parentWidget()
+    segment_dock.hide()  # shown again for step 3
+
     # Annotate: paint two touching cells with the live weight map on
     _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
     annotate.reset_choices()
@@ -89,9 +109,10 @@ def main() -> None:
     shot(viewer, "04_trained.png")
 
     # Segment layer with the model just trained
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment layer")
+    segment_dock.show()
     segment.reset_choices()
     segment.image.value = image
+    segment.model.value = train.saved_path
     segment.run()
     while segment.running:
         pump(0.2)

@@ -1,0 +1,62 @@
+"""The pretrained default model that ships inside the package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_unet as nu
+from napari_unet.cli import main as cli_main
+from napari_unet.core import checkpoints
+from napari_unet.core.synthetic import KINDS, make_sample
+
+PACKAGED = checkpoints.packaged_model_path("default")
+pytestmark = pytest.mark.skipif(PACKAGED is None, reason="no packaged default model")
+
+
+@pytest.fixture(scope="module")
+def default():
+    return nu.load_model("default")
+
+
+def test_packaged_file_is_small_and_says_what_it_is(default):
+    assert PACKAGED.stat().st_size < 5e6
+    meta = default.metadata
+    for key in ("trained_on", "recipe", "hardware", "pretraining_seconds", "heldout_f1"):
+        assert meta.get(key), key
+    assert "synthetic" in meta["trained_on"].lower()
+    assert meta["recipe"].startswith("python scripts/pretrain.py train")
+    assert set(meta["heldout_f1"]) == set(KINDS)  # measured on every kind, trained on or not
+    assert meta["training"]["stopped_reason"] == "max_steps"
+    # stored as float16 to keep the file small, but the network computes in float32
+    assert all(p.dtype == np.float32 for p in default.state_dict().values()
+               if p.is_floating_point())
+
+
+def test_listed_with_its_metadata(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(tmp_path))
+    infos = nu.list_models()
+    assert [(i.name, i.source) for i in infos] == [("default", "packaged")]
+    info = infos[0]
+    assert info.trained_on and info.date and info.seconds > 0
+    assert 0 < info.val_f1 <= 1
+    assert "default (packaged)" in info.summary()
+
+
+def test_cli_lists_models(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(tmp_path))
+    assert cli_main(["models", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "default (packaged)" in out and "trained on: Synthetic" in out
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_segments_new_synthetic_nuclei_out_of_the_box(dtype):
+    # seeds far from the pretraining pool's stream; a regression in the weights,
+    # the normalisation or the instance step shows up here as a drop in F1
+    image, truth = make_sample("nuclei", (256, 256), seed=987_654 + len(dtype), dtype=dtype,
+                               radius=(7.0, 12.0), touching=0.4, photons=300.0)
+    labels = nu.segment(image)  # model=None: the packaged default
+    result = nu.metrics.match(truth, labels)
+    assert result.n_true > 15
+    assert result.f1 > 0.8, result
