@@ -272,6 +272,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     print(f"(cells: labelled cells in the annotated top band; test: cells below it, where F1@0.5 "
           f"is measured; {a.seconds:.0f} s of training each)")
     for name, kw in FINETUNE_CONDITIONS:
+        if a.only and name not in a.only:
+            continue
         image, truth = next(heldout_images("nuclei", kw, 1, a.seed, (a.size, a.size)))
         n_all = np.count_nonzero(np.unique(truth))
         band = _annotated_rows(truth, min(a.cells, n_all // 3))  # leave most cells for testing
@@ -330,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--cells", type=int, default=36, help="labelled cells to fine-tune on")
     f.add_argument("--size", type=int, default=1024)
     f.add_argument("--seed", type=int, default=11)
+    f.add_argument("--only", nargs="*", help="run only these conditions (by name)")
     f.set_defaults(func=cmd_finetune)
     a = p.parse_args(argv)
     return a.func(a)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+import torch
 
 import napari_unet as nu
 from napari_unet.cli import main as cli_main
@@ -29,7 +29,7 @@ def test_packaged_file_is_small_and_says_what_it_is(default):
     assert set(meta["heldout_f1"]) == set(KINDS)  # measured on every kind, trained on or not
     assert meta["training"]["stopped_reason"] == "max_steps"
     # stored as float16 to keep the file small, but the network computes in float32
-    assert all(p.dtype == np.float32 for p in default.state_dict().values()
+    assert all(p.dtype == torch.float32 for p in default.state_dict().values()
                if p.is_floating_point())
 
 
