@@ -29,3 +29,12 @@ def disks_image(shape=(96, 128), n=12, radius=(5, 10), seed=0):
         labels[rr[free], cc[free]] = i
     image = (labels > 0) * 150.0 + 20 + r.normal(0, 5, shape)
     return image.astype(np.float32), labels
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: one torch thread is fastest, and immune to other load on the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

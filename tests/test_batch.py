@@ -18,15 +18,7 @@ from napari_unet.io import read_image
 zarr = pytest.importorskip("zarr")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: one torch thread is fastest, and immune to other load on the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -12,16 +12,7 @@ from napari_unet.core.blocks import iter_segment_blocks
 from napari_unet.core.instances import SegmentProgress, iter_segment
 from napari_unet.core.tiling import BlockGrid, plan_tiles
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: one torch thread is fastest, and immune to other load on the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def one_piece(net, image, tile, **kw):

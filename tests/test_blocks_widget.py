@@ -13,18 +13,8 @@ from napari_unet import save_model, segment
 pytest.importorskip("napari")
 da = pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: one torch thread is fastest, and immune to other load on the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture
