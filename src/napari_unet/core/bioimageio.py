@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .checkpoints import FORMAT_NAME, FORMAT_VERSION, ModelFileError, _jsonable, load_model
-from .model import UNet, default_class_names
+from .model import UNet, model_from_dict
 from .normalize import Normalization
 
 __all__ = [
@@ -211,19 +211,14 @@ def read_bioimageio_package(path: str | os.PathLike) -> UNet:
         )
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        model = UNet(**sidecar["config"])
-        model.load_state_dict(state)
-        model.normalization = Normalization.from_dict(sidecar.get("normalization"))
-        model.classes = tuple(sidecar.get("classes") or default_class_names(model.n_classes))
-        model.metadata = dict(sidecar.get("metadata") or {})
+        model = model_from_dict({**sidecar, "state_dict": state})
     except Exception as err:  # noqa: BLE001 - anything here means a damaged package
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
             f"{path} is a damaged napari-unet bioimage.io package: {reason[:200]}"
         ) from None
-    model.float()
     model.metadata.setdefault("path", str(path))
-    return model.eval()
+    return model
 
 
 # ====================================================================== writing

@@ -36,6 +36,7 @@ import tempfile
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +48,7 @@ from skimage.measure import label as cc_label
 
 from ._utils import resolve_device
 from .instances import SegmentProgress, _grow, _is_three_class, _seeds_and_region, grow_halo
+from .memory import Backoff, is_out_of_memory
 from .model import UNet
 from .tiling import (
     BlockGrid,
@@ -58,6 +60,7 @@ from .tiling import (
     plane_stats,
     predict_region,
     resolve_tiles,
+    smaller_tile,
 )
 
 __all__ = [
@@ -533,7 +536,7 @@ def iter_segment_blocks(
         if client is None:
             summaries, numbering, done, total = yield from _run_local(
                 model, image, layout, grid, keys, stats, opt, batch, dev, labels_out,
-                probs_out, tiles, block_shape,
+                probs_out, block_shape,
             )
         else:
             from .distributed import connect
@@ -600,11 +603,12 @@ class _Replan(Exception):
 def _run_local(
     model: UNet, image: Any, layout: ImageLayout, grid: BlockGrid, keys: list[_KEY],
     stats: list, opt: _Options, batch: int, dev: torch.device, out: Any, probs_out: Any,
-    tiles: tuple[int, int], block_shape: Any,
+    block_shape: Any,
 ) -> Generator[SegmentProgress, None, tuple]:
     was_training = model.training
     model_device = next(model.parameters()).device
     model.eval().to(dev)
+    backoff = Backoff(batch, grid.plan.in_shape, partial(smaller_tile, model, layout.plane_shape))
     try:
         while True:
             total = grid.plan.total * layout.n_planes + len(keys)
@@ -627,23 +631,18 @@ def _run_local(
                                 done += n
                                 yield SegmentProgress(done, total, "predict")
                             break
-                        except torch.OutOfMemoryError:
-                            if dev.type != "cuda":
+                        except (torch.OutOfMemoryError, RuntimeError) as err:
+                            if not is_out_of_memory(err, dev):
                                 raise
-                            torch.cuda.empty_cache()
-                            if batch == 1:
+                            what = backoff.next(dev)
+                            batch = backoff.batch
+                            if backoff.shape != grid.plan.in_shape:
                                 raise _Replan from None
-                            batch //= 2
                             done = start
-                            warnings.warn(f"GPU out of memory; going on with batch size {batch}",
+                            warnings.warn(f"GPU out of memory; going on with {what}",
                                           ResourceWarning, stacklevel=3)
             except _Replan:
-                tiles = (max(1, tiles[0] // 2), max(1, tiles[1] // 2))
-                plan = plan_tiles(model, layout.plane_shape, tiles)
-                if plan.in_shape == grid.plan.in_shape:
-                    raise torch.OutOfMemoryError(
-                        "GPU out of memory even with the smallest tile; use device='cpu'"
-                    ) from None
+                plan = plan_tiles(model, layout.plane_shape, backoff.shape)
                 grid = BlockGrid.make(plan, layout.plane_shape, block_shape, min_side=opt.halo,
                                       min_tiles=batch)
                 keys = [(z, i, j) for z in range(layout.n_planes) for i, j in grid.indices()]

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from .model import UNet, default_class_names
-from .normalize import Normalization
+from .model import UNet, model_from_dict, model_to_dict
 
 __all__ = [
     "ModelFileError",
@@ -108,20 +107,9 @@ def save_model(
         raise ValueError(f"weights_dtype must be 'float32' or 'float16', not {weights_dtype!r}")
     store = torch.float16 if weights_dtype == "float16" else torch.float32
     path = Path(path)
-    meta = dict(getattr(model, "metadata", {}) or {})
-    meta.update(metadata)
-    payload = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "config": dict(model.config),
-        "state_dict": {
-            k: v.detach().cpu().to(store if v.is_floating_point() else v.dtype).clone()
-            for k, v in model.state_dict().items()
-        },
-        "normalization": model.normalization.to_dict(),
-        "classes": list(model.classes),
-        "metadata": _jsonable(meta, "model metadata"),
-    }
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+               **model_to_dict(model, store)}
+    payload["metadata"] = _jsonable({**payload["metadata"], **metadata}, "model metadata")
     return atomic_torch_save(payload, path)
 
 
@@ -211,11 +199,7 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
             f"{payload['format_version']}); update napari-unet to read it"
         )
     try:
-        model = UNet(**payload["config"])
-        model.load_state_dict(payload["state_dict"])
-        model.normalization = Normalization.from_dict(payload.get("normalization"))
-        model.classes = tuple(payload.get("classes") or default_class_names(model.n_classes))
-        model.metadata = dict(payload.get("metadata") or {})
+        model = model_from_dict(payload)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelFileError(
             f"{path} is a damaged napari-unet model file: {str(err).splitlines()[0]}"

@@ -12,8 +12,9 @@ gives a 388×388 output, as in the paper's Fig. 1.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +23,14 @@ from torch import nn
 
 from .normalize import Normalization
 
-__all__ = ["UNet", "InvalidInputShapeError", "default_class_names"]
+__all__ = [
+    "UNet",
+    "InvalidInputShapeError",
+    "default_class_names",
+    "model_to_dict",
+    "model_from_dict",
+    "copy_model",
+]
 
 PADDINGS = ("valid", "same")
 NORMS = (None, "batch", "group")
@@ -376,3 +384,59 @@ class UNet(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+# ------------------------------------------------------------ (de)serialisation
+def model_to_dict(model: UNet, weights_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild ``model``: plain values and CPU tensors only.
+
+    Keys: ``config``, ``state_dict``, ``normalization``, ``classes``, ``metadata``
+    (a copy). ``weights_dtype`` (for example ``torch.float16``) converts the
+    floating-point weights; by default they keep their dtype.
+    """
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu", copy=True)
+        if weights_dtype is not None and v.is_floating_point():
+            v = v.to(weights_dtype)
+        state[k] = v
+    return {
+        "config": dict(model.config),
+        "state_dict": state,
+        "normalization": model.normalization.to_dict(),
+        "classes": list(model.classes),
+        "metadata": copy.deepcopy(dict(getattr(model, "metadata", {}) or {})),
+    }
+
+
+def model_from_dict(d: Mapping[str, Any]) -> UNet:
+    """Rebuild a float32 :class:`UNet` (in evaluation mode) from :func:`model_to_dict`'s dict.
+
+    The one place where a network is rebuilt from a stored configuration (model
+    files, bioimage.io packages, training checkpoints). ``state_dict`` may be
+    missing (fresh weights) or hold float16 weights. Raises ValueError (or
+    TypeError, KeyError, RuntimeError from torch) for a configuration or weights
+    that do not fit.
+
+    >>> net = UNet(depth=2, base_channels=4)
+    >>> twin = model_from_dict(model_to_dict(net))
+    >>> all(torch.equal(a, b) for a, b in zip(net.parameters(), twin.parameters()))
+    True
+    """
+    config = d["config"]
+    if not isinstance(config, Mapping):
+        raise ValueError(f"the model configuration must be a mapping, not {type(config).__name__}")
+    model = UNet(**dict(config))
+    state = d.get("state_dict")
+    if state is not None:
+        model.load_state_dict(dict(state))
+    model.float()
+    model.normalization = Normalization.from_dict(d.get("normalization"))
+    model.classes = tuple(d.get("classes") or default_class_names(model.n_classes))
+    model.metadata = dict(d.get("metadata") or {})
+    return model.eval()
+
+
+def copy_model(model: UNet) -> UNet:
+    """An independent copy on the CPU (weights, normalisation, classes, metadata)."""
+    return model_from_dict(model_to_dict(model))

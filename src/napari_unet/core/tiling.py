@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ._utils import resolve_device, run_to_completion
+from .memory import Backoff, is_out_of_memory
 from .model import UNet
 from .normalize import Normalization
 
@@ -45,6 +46,7 @@ __all__ = [
     "reflect_index",
     "plan_tiles",
     "estimate_tile_memory",
+    "smaller_tile",
 ]
 
 # RGB(A) to luminance (ITU-R BT.709), for gray-value models given a colour image.
@@ -394,6 +396,15 @@ def plan_tiles(model: UNet, plane_shape: Sequence[int], tile_shape: Sequence[int
     return TilePlan(tuple(ins), tuple(outs), tuple(steps), tuple(offs), tuple(crops), tuple(counts))
 
 
+def smaller_tile(
+    model: UNet, plane_shape: Sequence[int], in_shape: Sequence[int]
+) -> tuple[int, int]:
+    """The network input of the tiles planned at half the size of ``in_shape`` (the same
+    input when no smaller tile is possible): the spatial step of the out-of-memory back-off."""
+    half = tuple(max(1, int(s) // 2) for s in in_shape)
+    return plan_tiles(model, plane_shape, half).in_shape
+
+
 def estimate_tile_memory(model: UNet, tile_shape: Sequence[int], batch_size: int = 1) -> int:
     """Rough peak bytes of a float32 inference forward pass on one batch of tiles.
 
@@ -684,21 +695,15 @@ def iter_predict_tiled(
                         yield TileProgress(done, total)
                     index = (slice(None), *plane_index(plane), slice(r0, r1), slice(c0, c1))
                     result[index] = buffer
-            except torch.OutOfMemoryError:
-                if dev.type != "cuda":
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not is_out_of_memory(err, dev):
                     raise
-                torch.cuda.empty_cache()
-                if batch > 1:
-                    batch //= 2
-                    what = f"batch size {batch}"
-                else:
-                    smaller = tuple(max(1, s // 2) for s in plan.in_shape)
-                    new_plan = plan_tiles(model, plane_shape, smaller)
-                    if new_plan.in_shape == plan.in_shape:
-                        raise
-                    plan = new_plan
+                backoff = Backoff(batch, plan.in_shape, partial(smaller_tile, model, plane_shape))
+                what = backoff.next(dev)
+                batch = backoff.batch
+                if backoff.shape != plan.in_shape:
+                    plan = plan_tiles(model, plane_shape, backoff.shape)
                     grid = BlockGrid.make(plan, plane_shape, block_shape, min_tiles=batch)
-                    what = f"tiles of {plan.in_shape[0]}x{plan.in_shape[1]}"
                 warnings.warn(
                     f"GPU out of memory; retrying plane {plane} with {what}",
                     ResourceWarning,

@@ -71,7 +71,7 @@ from .augment import AugmentConfig, augment_intensity, sample_geometry, sampling
 from .checkpoints import atomic_torch_save, load_model, packaged_model_path, save_model
 from .instances import probabilities_to_labels
 from .metrics import MatchResult, match
-from .model import UNet, default_class_names
+from .model import UNet, copy_model, default_class_names, model_from_dict
 from .normalize import Normalization
 from .tiling import ImageLayout, iter_predict_tiled, reflect_index
 from .weightmap import IGNORE_INDEX, class_weight_table, training_targets
@@ -219,15 +219,6 @@ def new_model(target_mode: str = "binary", in_channels: int = 1, **config: Any) 
     model = UNet(in_channels=in_channels, n_classes=TARGET_MODES[target_mode], **cfg)
     model.classes = default_class_names(model.n_classes)
     return model
-
-
-def _copy_model(model: UNet) -> UNet:
-    twin = UNet(**model.config)
-    twin.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    twin.normalization = model.normalization
-    twin.classes = tuple(model.classes)
-    twin.metadata = copy.deepcopy(dict(model.metadata))
-    return twin
 
 
 # ================================================================== the loss
@@ -515,7 +506,7 @@ class _Trainer:
                 opts["patch_shape"] = tuple(saved["patch_shape"])
             if opts["batch_size"] is None and saved.get("batch_size"):
                 opts["batch_size"] = int(saved["batch_size"])
-            start = _model_from_dict(self.checkpoint["model"])
+            start = model_from_dict(self.checkpoint["model"])
             self.started_from = saved.get("started_from", "checkpoint")
         else:
             start, self.started_from = self._start_model(model)
@@ -527,7 +518,7 @@ class _Trainer:
                 f"{'boundary' if start.n_classes == 3 else 'binary'!r} or a new model"
             )
         self.start_model = start
-        self.model = _copy_model(start)
+        self.model = copy_model(start)
         if opts["seed"] is None:
             opts["seed"] = int(np.random.SeedSequence().entropy % 2**63)
         self.seed = int(opts["seed"])
@@ -589,7 +580,7 @@ class _Trainer:
                     return default, "default"
             return new_model(self.opts["target_mode"]), "new"
         if isinstance(model, UNet):
-            return _copy_model(model), str(model.metadata.get("path", "model"))
+            return copy_model(model), str(model.metadata.get("path", "model"))
         if isinstance(model, (str, os.PathLike)):
             return load_model(model), str(model)
         raise ValueError(f"model must be None, a UNet or a model file path, not "
@@ -912,7 +903,7 @@ class _Trainer:
     def best_copy(self) -> UNet:
         """The best validated model so far, else the current one (else the start model,
         should the current weights have become non-finite)."""
-        twin = _copy_model(self.model)
+        twin = copy_model(self.model)
         if self._best is not None:
             twin.load_state_dict(self._best["state_dict"])
         elif not all(torch.isfinite(p).all() for p in twin.parameters()):
@@ -1289,15 +1280,6 @@ def _record_from_dict(d: dict[str, Any]) -> dict[str, Any]:
     d = {k: v for k, v in d.items() if k in names}
     d["patch_shape"] = tuple(d.get("patch_shape", (0, 0)))
     return d
-
-
-def _model_from_dict(d: dict[str, Any]) -> UNet:
-    model = UNet(**d["config"])
-    model.load_state_dict(d["state_dict"])
-    model.normalization = Normalization.from_dict(d.get("normalization"))
-    model.classes = tuple(d.get("classes") or default_class_names(model.n_classes))
-    model.metadata = dict(d.get("metadata") or {})
-    return model
 
 
 def _read_checkpoint(path: Any) -> dict[str, Any]:
