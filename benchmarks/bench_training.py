@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from napari_unet.core import training
-from napari_unet.core.instances import probabilities_to_labels
+from napari_unet.core.decode import probabilities_to_labels
 from napari_unet.core.metrics import match_planes
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.tiling import predict_tiled

@@ -9,7 +9,8 @@ from scipy import ndimage as ndi
 
 from napari_unet import UNet, predict_tiled, probabilities_to_labels, segment
 from napari_unet.core.blocks import iter_segment_blocks
-from napari_unet.core.instances import SegmentProgress, iter_segment
+from napari_unet.core.options import SegmentProgress
+from napari_unet.core.segmentation import iter_segment
 from napari_unet.core.tiling import BlockGrid, plan_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.instances import SegmentProgress
+from .core.options import SegmentOptions, SegmentProgress
 
 __all__ = [
     "FileResult", "expand_inputs", "output_path", "iter_segment_file", "segment_file",
@@ -150,25 +150,29 @@ def iter_segment_file(
     input: str | os.PathLike,
     output: str | os.PathLike,
     model: Any,
+    options: SegmentOptions | None = None,
     *,
     overwrite: bool = False,
     probabilities: str | os.PathLike | None = None,
     overlay: str | os.PathLike | None = None,
     client: Any = None,
-    **options: Any,
+    **settings: Any,
 ) -> Generator[SegmentProgress, None, FileResult]:
     """Segment one file into ``output`` (TIFF, ``.npy`` or OME-Zarr); yields progress.
 
     Returns a :class:`FileResult`: ``"skipped"`` if ``output`` exists and not
     ``overwrite``. Errors (an unreadable file, a wrong shape) are raised; see
-    :func:`segment_file` for the form that reports them. ``options`` go to
-    :func:`napari_unet.segment` (``tile_shape``, ``block_shape``, ``device``,
-    ``threshold``, ...); ``client`` runs the blocks on a dask cluster.
+    :func:`segment_file` for the form that reports them. ``options`` (a
+    :class:`~napari_unet.core.options.SegmentOptions`) and keyword ``settings``
+    (``tile_shape``, ``block_shape``, ``device``, ``threshold``, ...) say how to
+    segment, as for :func:`napari_unet.segment`; ``client`` runs the blocks on a
+    dask cluster.
     """
-    from .core.blocks import iter_segment_blocks
+    from .core.blocks import iter_segment_blocks, plan_segmentation
     from .core.checkpoints import load_model
-    from .core.tiling import ImageLayout
     from .io import create_ome_zarr, is_zarr, read_image, remove_output, write_image, write_overlay
+
+    options = SegmentOptions.merge(options, settings, caller="segment_file")
 
     input, output = Path(input), Path(output)
     start = time.perf_counter()
@@ -185,8 +189,8 @@ def iter_segment_file(
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     net = load_model(model)
     image = read_image(input)
-    layout = ImageLayout.infer(image.shape, net.in_channels, options.get("axes"))
-    spatial = layout.spatial_shape
+    plan = plan_segmentation(image, net, options)  # the blocks, once: zarr chunks follow them
+    spatial = plan.layout.spatial_shape
     axes = "zyx"[3 - len(spatial):]
     created: list[Path] = []
     out: Any = None
@@ -196,22 +200,16 @@ def iter_segment_file(
         for path in [output, *extras]:
             if overwrite and (path.exists() or path.is_symlink()):
                 remove_output(path)
-        block = options.pop("block_shape", None)
         if is_zarr(output):
-            chunks = _zarr_chunks(net, image, layout, options, block)
-            out = create_ome_zarr(output, spatial, chunks, np.int32, axes)
+            out = create_ome_zarr(output, spatial, plan.chunks(), np.int32, axes)
             created.append(output)
-            block = chunks[-2:]
         if probabilities is not None and is_zarr(probabilities):
-            chunks = _zarr_chunks(net, image, layout, options, block)
             probs_out = create_ome_zarr(probabilities, (net.n_classes, *spatial),
-                                        (net.n_classes, *chunks), np.float32, "c" + axes,
+                                        plan.chunks((net.n_classes,)), np.float32, "c" + axes,
                                         labels=False)
             created.append(Path(probabilities))
-            block = chunks[-2:]
         result = yield from iter_segment_blocks(
-            image, net, out=out, probabilities=probs_out, block_shape=block, client=client,
-            **options,
+            image, net, options, out=out, probabilities=probs_out, client=client, plan=plan,
         )
         if out is None:
             write_image(output, result.labels, overwrite=True)
@@ -227,23 +225,6 @@ def iter_segment_file(
         raise
     return FileResult(str(input), str(output), "done", int(result.n_cells),
                       time.perf_counter() - start)
-
-
-def _zarr_chunks(net: Any, image: Any, layout: Any, options: dict, block: Any) -> tuple:
-    """Chunks of a zarr output: one chunk per block, so blocks can be written at once."""
-    from .core._utils import resolve_device
-    from .core.instances import grow_halo
-    from .core.tiling import BlockGrid, plan_tiles, resolve_tiles
-
-    dev = resolve_device(options.get("device"))
-    tiles, batch = resolve_tiles(net, layout.plane_shape, dev, layout.n_planes,
-                                 options.get("tile_shape"), options.get("batch_size"))
-    grow = options.get("grow")
-    if grow is None:
-        grow = int(net.metadata.get("target", {}).get("gap", 1)) + 1
-    grid = BlockGrid.make(plan_tiles(net, layout.plane_shape, tiles), layout.plane_shape, block,
-                          min_side=grow_halo(int(grow), net.classes), min_tiles=batch)
-    return ((1,) if "z" in layout.axes else ()) + grid.block_shape
 
 
 def segment_file(

@@ -64,11 +64,12 @@ def _check_output(path: Path, overwrite: bool) -> None:
 _LABEL_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
 
 
-def _segment_options(args: argparse.Namespace) -> dict[str, Any]:
-    block = None if args.block is None else int(args.block)
-    return dict(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
-                axes=args.axes, threshold=args.threshold, min_size=args.min_size,
-                grow=args.grow, block_shape=block)
+def _segment_options(args: argparse.Namespace) -> Any:
+    from .core.options import SegmentOptions
+
+    return SegmentOptions(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
+                          axes=args.axes, threshold=args.threshold, min_size=args.min_size,
+                          grow=args.grow, block_shape=args.block)
 
 
 def _is_batch(args: argparse.Namespace) -> bool:
@@ -123,7 +124,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             result = _progress(
                 iter_segment_file(args.images[0], out, model, overwrite=args.overwrite,
                                   probabilities=args.probabilities, overlay=args.overlay,
-                                  client=client, **options),
+                                  client=client, options=options),
                 "segmenting", args.quiet,
             )
         print(result.summary())
@@ -160,8 +161,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             for image, out, extra in jobs:
                 try:
                     result = _progress(
-                        iter_segment_file(image, out, model, overwrite=args.overwrite,
-                                          **extra, **options),
+                        iter_segment_file(image, out, model, options,
+                                          overwrite=args.overwrite, **extra),
                         f"segmenting {image.name}", args.quiet,
                     )
                 except KeyboardInterrupt:
@@ -178,7 +179,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"napari-unet segment: {len(jobs)} files on {client}", file=sys.stderr)
             for result in iter_segment_files(jobs, model, client=client,
-                                             overwrite=args.overwrite, **options):
+                                             overwrite=args.overwrite, options=options):
                 print(result.summary(), flush=True)
                 results.append(result)
     done = [r for r in results if r.status == "done"]

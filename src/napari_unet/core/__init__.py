@@ -10,12 +10,14 @@ from . import metrics
 from ._utils import available_devices, resolve_device, run_to_completion
 from .augment import AugmentConfig, augment_pair
 from .bioimageio import export_bioimageio
-from .blocks import BlockSegmentation, iter_segment_blocks
+from .blocks import BlockSegmentation, SegmentPlan, iter_segment_blocks, plan_segmentation
 from .checkpoints import ModelFileError, load_model, packaged_model_path, save_model
-from .instances import SegmentProgress, iter_segment, probabilities_to_labels, segment
+from .decode import probabilities_to_labels
 from .metrics import MatchResult, match
 from .model import InvalidInputShapeError, UNet
 from .normalize import Normalization
+from .options import SegmentOptions, SegmentProgress
+from .segmentation import iter_segment, segment
 from .tiling import (
     BlockGrid,
     ImageLayout,
@@ -40,7 +42,10 @@ __all__ = [
     "segment",
     "iter_segment",
     "SegmentProgress",
+    "SegmentOptions",
     "iter_segment_blocks",
+    "plan_segmentation",
+    "SegmentPlan",
     "BlockSegmentation",
     "BlockGrid",
     "probabilities_to_labels",

@@ -31,6 +31,7 @@ included, for any block size.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import warnings
@@ -47,9 +48,17 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as cc_label
 
 from ._utils import resolve_device
-from .instances import SegmentProgress, _grow, _is_three_class, _seeds_and_region, grow_halo
+from .decode import (
+    count_labels,
+    grow_cells,
+    grow_halo,
+    is_three_class,
+    map_labels,
+    seeds_and_region,
+)
 from .memory import Backoff, is_out_of_memory
 from .model import UNet
+from .options import SegmentOptions, SegmentProgress
 from .tiling import (
     BlockGrid,
     ImageLayout,
@@ -65,6 +74,8 @@ from .tiling import (
 
 __all__ = [
     "SegmentProgress",
+    "SegmentPlan",
+    "plan_segmentation",
     "BlockSegmentation",
     "BlockSummary",
     "iter_segment_blocks",
@@ -83,17 +94,53 @@ class BlockSegmentation(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Options:
+class SegmentPlan:
+    """What a segmentation decides once, from the image, the model and the options.
+
+    Made by :func:`plan_segmentation`; :func:`iter_segment_blocks` takes one
+    (e.g. from a caller that had to know the block grid first, to create
+    an output chunked like the blocks) so that it is not worked out twice.
+
+    Attributes
+    ----------
+    layout : ImageLayout
+        The image's axes, planes and channels.
+    device : torch.device
+        Where the network runs.
+    batch : int
+        Tiles per forward pass.
+    grid : BlockGrid
+        The blocks (of whole tiles of the tile plan).
+    classes : tuple of str
+        The model's classes.
+    threshold, min_size, grow : float, int, int
+        The labelling rule (``grow`` resolved from the model if not given).
+    block_request : (int, int) or None
+        The block size asked for, to lay the blocks out again with smaller tiles.
+    """
+
+    layout: ImageLayout
+    device: torch.device
+    batch: int
+    grid: BlockGrid
     classes: tuple[str, ...]
     threshold: float
     min_size: int
     grow: int
-    halo: int
-    has_planes: bool
+    block_request: tuple[int, int] | None = None
 
     @property
     def three_class(self) -> bool:
-        return _is_three_class(self.classes)
+        return is_three_class(self.classes)
+
+    @property
+    def halo(self) -> int:
+        """Pixels of the neighbouring blocks that decide how a block's cells are grown."""
+        return grow_halo(self.grow, self.classes)
+
+    @property
+    def has_planes(self) -> bool:
+        return "z" in self.layout.axes
 
     @property
     def strip(self) -> int:
@@ -101,6 +148,60 @@ class _Options:
 
     def index(self, plane: int, r0: int, r1: int, c0: int, c1: int) -> tuple:
         return (*((plane,) if self.has_planes else ()), slice(r0, r1), slice(c0, c1))
+
+    def chunks(self, leading: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """Chunks of an output array with one chunk per block (blocks can be written at once).
+
+        ``leading`` are the chunks of axes before the planes (the classes of
+        the probabilities).
+        """
+        return (*leading, *((1,) if self.has_planes else ()), *self.grid.block_shape)
+
+    def keys(self) -> list[_KEY]:
+        """All blocks, ``(plane, block row, block col)``, in order."""
+        return [(z, i, j) for z in range(self.layout.n_planes) for i, j in self.grid.indices()]
+
+
+def plan_segmentation(
+    image: Any, model: UNet, options: SegmentOptions | None = None, *, out: Any = None
+) -> SegmentPlan:
+    """Tiles, batch, device and blocks for segmenting ``image`` with ``model``.
+
+    Parameters
+    ----------
+    image : array-like
+        The image, or a multiscale list (level 0 is segmented).
+    model : UNet
+        The network.
+    options : SegmentOptions, optional
+        The settings (default: all defaults).
+    out : array-like, optional
+        The labels' target: if it is chunked and no ``block_shape`` is asked
+        for, blocks follow its chunks.
+
+    Returns
+    -------
+    SegmentPlan
+    """
+    if not isinstance(model, UNet):
+        raise TypeError(f"model must be a napari_unet.UNet, not {type(model).__name__}")
+    options = SegmentOptions() if options is None else options
+    image = level0(image)
+    check_image(image)
+    dev = resolve_device(options.device)
+    layout = ImageLayout.infer(image.shape, model.in_channels, options.axes)
+    grow = options.grow_for(model)
+    classes = tuple(model.classes)
+    tiles, batch = resolve_tiles(model, layout.plane_shape, dev, layout.n_planes,
+                                 options.tile_shape, options.batch_size)
+    block_shape = options.block_shape
+    if block_shape is None and out is not None and getattr(out, "chunks", None) is not None \
+            and not isinstance(out, np.ndarray):
+        block_shape = (int(out.chunks[-2]), int(out.chunks[-1]))
+    grid = BlockGrid.make(plan_tiles(model, layout.plane_shape, tiles), layout.plane_shape,
+                          block_shape, min_side=grow_halo(grow, classes), min_tiles=batch)
+    return SegmentPlan(layout, dev, batch, grid, classes, options.threshold, options.min_size,
+                       grow, block_shape)
 
 
 @dataclass
@@ -140,44 +241,49 @@ def _first_pixels(local: np.ndarray, n: int, r0: int, c0: int, width: int) -> np
     """Raster index in the plane of the first pixel of local ids 1..n."""
     if n == 0:
         return np.zeros(0, np.int64)
-    flat = local.ravel()
-    pos = np.flatnonzero(flat > 0)
-    vals = flat[pos]
     # ids are numbered in raster order of their first pixel, so the running maximum
-    # steps up by one exactly at each id's first pixel
-    running = np.maximum.accumulate(vals)
-    starts = np.flatnonzero(np.diff(running, prepend=0) > 0)
-    if len(starts) != n or running[starts[-1]] != n:  # pragma: no cover - defensive
-        _, starts = np.unique(vals, return_index=True)
-    rows, cols = np.divmod(pos[starts].astype(np.int64), local.shape[1])
+    # reaches each id exactly at its first pixel
+    running = np.maximum.accumulate(local.reshape(-1))
+    ids = np.arange(1, n + 1)
+    pos = np.searchsorted(running, ids)
+    if pos[-1] >= running.size or (running[pos] != ids).any():  # pragma: no cover - defensive
+        flat = local.reshape(-1)
+        cells = np.flatnonzero(flat > 0)
+        _, first = np.unique(flat[cells], return_index=True)
+        pos = cells[first]
+    rows, cols = np.divmod(pos.astype(np.int64), local.shape[1])
     return (r0 + rows) * width + (c0 + cols)
 
 
 def _local_components(
-    probs: np.ndarray, opt: _Options, r0: int, c0: int, width: int
+    probs: np.ndarray, plan: SegmentPlan, r0: int, c0: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local ids of one block, with the sizes and first pixels of the ids kept."""
-    seeds, region = _seeds_and_region(probs, opt.classes, opt.threshold)
-    lab = cc_label(seeds, connectivity=1)
-    n = int(lab.max())
+    seeds, region = seeds_and_region(probs, plan.classes, plan.threshold)
+    lab, n = cc_label(seeds, connectivity=1, return_num=True)
+    del seeds
     sizes = np.zeros(0, np.int64)
     if n:
-        counts = np.bincount(lab.ravel(), minlength=n + 1)
-        keep = counts >= max(opt.min_size, 1)
+        counts = count_labels(lab, n)
+        keep = counts >= max(plan.min_size, 1)
         # a component on the block's border may continue in the next block: decide later
         keep[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
         keep[0] = False
-        relabel = np.zeros(n + 1, np.int32)
-        n = int(keep.sum())
-        relabel[keep] = np.arange(1, n + 1, dtype=np.int32)
-        local = relabel[lab]
         sizes = counts[keep].astype(np.int64)
+        if keep[1:].all():
+            local = lab.astype(np.int32, copy=False)
+        else:
+            relabel = np.zeros(n + 1, np.int32)
+            n = int(keep.sum())
+            relabel[keep] = np.arange(1, n + 1, dtype=np.int32)
+            local = map_labels(relabel, lab)
     else:
         local = np.zeros(lab.shape, np.int32)
     del lab
+    first = _first_pixels(local, n, r0, c0, width)
     if region is not None:
-        local[region & (local == 0)] = -1
-    return local, sizes, _first_pixels(local, n, r0, c0, width)
+        np.copyto(local, -1, where=region & (local == 0))
+    return local, sizes, first
 
 
 def _strips(local: np.ndarray, width: int) -> dict[str, np.ndarray]:
@@ -194,32 +300,31 @@ def _strips(local: np.ndarray, width: int) -> dict[str, np.ndarray]:
 def _iter_label_block(
     model: UNet,
     image: Any,
-    layout: ImageLayout,
-    grid: BlockGrid,
+    plan: SegmentPlan,
     key: _KEY,
     stats: list[tuple[float, float]],
-    opt: _Options,
-    batch: int,
     device: torch.device,
     out: Any,
     probabilities_out: Any,
 ) -> Generator[int, None, BlockSummary]:
     """Pass 1 for one block: predict, label locally, write local ids; yields tiles done."""
     plane, i, j = key
+    grid = plan.grid
     r0, r1, c0, c1 = grid.bounds(i, j)
     origins = grid.origins(i, j)
-    reader = WindowReader.for_tiles(layout, image, plane, grid.plan, origins, model.in_channels)
+    reader = WindowReader.for_tiles(plan.layout, image, plane, grid.plan, origins,
+                                    model.in_channels)
     probs = np.empty((model.n_classes, r1 - r0, c1 - c0), np.float32)
     yield from predict_region(
-        model, reader, grid.plan, origins, (r0, c0), stats, batch, device, probs
+        model, reader, grid.plan, origins, (r0, c0), stats, plan.batch, device, probs
     )
     del reader
     if probabilities_out is not None:
-        probabilities_out[(slice(None), *opt.index(plane, r0, r1, c0, c1))] = probs
-    local, sizes, first = _local_components(probs, opt, r0, c0, grid.plane_shape[1])
+        probabilities_out[(slice(None), *plan.index(plane, r0, r1, c0, c1))] = probs
+    local, sizes, first = _local_components(probs, plan, r0, c0, grid.plane_shape[1])
     del probs
-    out[opt.index(plane, r0, r1, c0, c1)] = local
-    return BlockSummary(key, (r0, r1, c0, c1), sizes, first, _strips(local, opt.strip))
+    out[plan.index(plane, r0, r1, c0, c1)] = local
+    return BlockSummary(key, (r0, r1, c0, c1), sizes, first, _strips(local, plan.strip))
 
 
 # ------------------------------------------------------------------ pass 2: merge
@@ -288,14 +393,19 @@ def _merge(
 
 
 # ------------------------------------------------------------------- pass 3: grow
-def _apply_map(local: np.ndarray, block_map: np.ndarray, three_class: bool) -> np.ndarray:
-    """Final ids of local ids; -1 keeps marking region pixels (three-class)."""
-    result = np.zeros(local.shape, np.int32)
-    cells = local > 0
-    result[cells] = block_map[local[cells]]
+def _apply_map(local: np.ndarray, block_map: np.ndarray, three_class: bool,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Final ids of local ids; -1 keeps marking region pixels (three-class).
+
+    In three-class mode a local component that the merge dropped (too small)
+    is region too: cells may grow over it.
+    """
+    table = np.empty(len(block_map) + 1, np.int32)
+    table[1:] = block_map  # table[local + 1]; local 0 -> block_map[0] = 0
+    table[0] = -1 if three_class else 0
     if three_class:
-        result[(local != 0) & (result == 0)] = -1
-    return result
+        table[2:][block_map[1:] == 0] = -1
+    return map_labels(table, local, out, shift=1)
 
 
 def _window(grid: BlockGrid, i: int, j: int, halo: int) -> tuple[int, int, int, int]:
@@ -305,17 +415,16 @@ def _window(grid: BlockGrid, i: int, j: int, halo: int) -> tuple[int, int, int, 
 
 
 def _halo_pieces(
-    grid: BlockGrid,
+    plan: SegmentPlan,
     key: _KEY,
     summaries: dict[_KEY, BlockSummary],
     numbering: _Numbering,
-    opt: _Options,
 ) -> list[tuple[int, int, np.ndarray]]:
     """The neighbours' final ids around a block: ``(row0, col0, ids)`` pieces of its halo."""
-    if opt.halo == 0:
+    if plan.halo == 0:
         return []
     plane, i, j = key
-    wr0, wr1, wc0, wc1 = _window(grid, i, j, opt.halo)
+    wr0, wr1, wc0, wc1 = _window(plan.grid, i, j, plan.halo)
     pieces = []
     for di in (-1, 0, 1):
         for dj in (-1, 0, 1):
@@ -339,33 +448,38 @@ def _halo_pieces(
             if a0 < s0 or a1 > s0 + strip.shape[0] or b0 < t0 or b1 > t0 + strip.shape[1]:
                 raise AssertionError("a block is smaller than the growing halo")  # not reached
             piece = strip[a0 - s0 : a1 - s0, b0 - t0 : b1 - t0]
-            pieces.append((a0, b0, _apply_map(piece, numbering.block_map(nb), opt.three_class)))
+            pieces.append((a0, b0, _apply_map(piece, numbering.block_map(nb), plan.three_class)))
     return pieces
 
 
 def _grow_block(
-    grid: BlockGrid,
+    plan: SegmentPlan,
     key: _KEY,
     out: Any,
     block_map: np.ndarray,
     pieces: list[tuple[int, int, np.ndarray]],
-    opt: _Options,
 ) -> None:
     """Pass 3 for one block: local ids -> final ids, grown with the halo, written back."""
     plane, i, j = key
-    r0, r1, c0, c1 = grid.bounds(i, j)
-    index = opt.index(plane, r0, r1, c0, c1)
-    mapped = _apply_map(np.asarray(out[index]), block_map, opt.three_class)
-    if opt.grow <= 0:
-        out[index] = np.maximum(mapped, 0)
+    r0, r1, c0, c1 = plan.grid.bounds(i, j)
+    index = plan.index(plane, r0, r1, c0, c1)
+    local = np.asarray(out[index])
+    if plan.grow <= 0:
+        mapped = _apply_map(local, block_map, plan.three_class)
+        out[index] = np.maximum(mapped, 0, out=mapped)
         return
-    wr0, wr1, wc0, wc1 = _window(grid, i, j, opt.halo)
+    wr0, wr1, wc0, wc1 = _window(plan.grid, i, j, plan.halo)
     window = np.zeros((wr1 - wr0, wc1 - wc0), np.int32)
-    window[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0] = mapped
+    _apply_map(local, block_map, plan.three_class,
+               out=window[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0])
+    del local
     for a0, b0, piece in pieces:
         window[a0 - wr0 : a0 - wr0 + piece.shape[0], b0 - wc0 : b0 - wc0 + piece.shape[1]] = piece
-    region = window != 0 if opt.three_class else None
-    grown = _grow(np.maximum(window, 0), region, opt.grow)
+    region = None
+    if plan.three_class:
+        region = window != 0
+        np.maximum(window, 0, out=window)
+    grown = grow_cells(window, region, plan.grow)
     out[index] = grown[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
 
 
@@ -387,10 +501,6 @@ def create_zarr_array(
         store=str(path), mode="w-", shape=tuple(int(s) for s in shape),
         chunks=tuple(int(c) for c in chunks), dtype=dtype, fill_value=0,
     )
-
-
-def _chunks_for(grid: BlockGrid, has_planes: bool, leading: tuple[int, ...] = ()) -> tuple:
-    return (*leading, *((1,) if has_planes else ()), *grid.block_shape)
 
 
 def _check_target(name: str, array: Any, shape: tuple[int, ...], integer: bool) -> None:
@@ -425,9 +535,8 @@ def _aligned(array: Any, grid: BlockGrid, has_planes: bool) -> bool:
 
 # ------------------------------------------------------------------ the engine
 def _worker_label_block(
-    model: Any, image: Any, layout: ImageLayout, grid: BlockGrid, key: _KEY,
-    stats: list[tuple[float, float]], opt: _Options, batch: int, device: Any, out: Any,
-    probabilities_out: Any,
+    model: Any, image: Any, plan: SegmentPlan, key: _KEY, stats: list[tuple[float, float]],
+    device: Any, out: Any, probabilities_out: Any,
 ) -> BlockSummary:
     """Pass 1 of one block in a dask worker (module level, so workers can import it)."""
     import dask
@@ -441,110 +550,96 @@ def _worker_label_block(
     net.eval().to(dev)
     with dask.config.set(scheduler="synchronous"):  # read the window in this task's thread
         return run_to_completion(
-            _iter_label_block(net, image.value, layout, grid, key, stats, opt, batch, dev,
-                              out, probabilities_out)
+            _iter_label_block(net, image.value, plan, key, stats, dev, out, probabilities_out)
         )
 
 
 def _worker_grow_block(
-    grid: BlockGrid, key: _KEY, out: Any, block_map: np.ndarray,
-    pieces: list[tuple[int, int, np.ndarray]], opt: _Options,
+    plan: SegmentPlan, key: _KEY, out: Any, block_map: np.ndarray,
+    pieces: list[tuple[int, int, np.ndarray]],
 ) -> int:
     """Pass 3 of one block in a dask worker."""
-    _grow_block(grid, key, out, block_map, pieces, opt)
+    _grow_block(plan, key, out, block_map, pieces)
     return 1
 
 
 def iter_segment_blocks(
     image: Any,
     model: UNet,
+    options: SegmentOptions | None = None,
     *,
-    tile_shape: int | Sequence[int] | None = None,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    axes: str | None = None,
-    threshold: float = 0.5,
-    min_size: int = 16,
-    grow: int | None = None,
     out: Any = None,
     probabilities: Any = None,
-    block_shape: int | Sequence[int] | None = None,
     client: Any = None,
+    plan: SegmentPlan | None = None,
+    **settings: Any,
 ) -> Generator[SegmentProgress, None, BlockSegmentation]:
     """Segment an image block by block; yields :class:`SegmentProgress`.
 
     The engine behind :func:`~napari_unet.segment` (see there and the module
-    docstring). ``out`` is None (a new numpy array), a writable array of the
-    image's spatial shape and dtype int32, or a path for a new zarr array
-    chunked like the blocks. ``probabilities`` is None, True (a numpy array),
-    an array or a path likewise. ``client`` (a ``dask.distributed.Client`` or a
-    scheduler address) runs the blocks on a dask cluster; its workers must
-    reach the image and ``out`` (without ``out``, a temporary zarr array on
-    this machine's disk is used, which only a local cluster can reach).
+    docstring). ``options`` (a :class:`SegmentOptions`) and keyword ``settings``
+    (its field names: ``tile_shape``, ``threshold``, ...) say how. ``out`` is
+    None (a new numpy array), a writable array of the image's spatial shape and
+    dtype int32, or a path for a new zarr array chunked like the blocks.
+    ``probabilities`` is None, True (a numpy array), an array or a path
+    likewise. ``client`` (a ``dask.distributed.Client`` or a scheduler address)
+    runs the blocks on a dask cluster; its workers must reach the image and
+    ``out`` (without ``out``, a temporary zarr array on this machine's disk is
+    used, which only a local cluster can reach). ``plan`` is the
+    :func:`plan_segmentation` of this image, model and options, if the caller
+    has it already.
 
     Returns a :class:`BlockSegmentation` ``(labels, probabilities, n_cells)``;
     the cells are numbered ``1..n_cells``. Closing the generator stops between
     two batches of tiles (or, on a cluster, cancels the blocks not yet done);
     what was written to ``out`` is then incomplete.
     """
+    options = SegmentOptions.merge(options, settings, caller="iter_segment_blocks")
     if not isinstance(model, UNet):
         raise TypeError(f"model must be a napari_unet.UNet, not {type(model).__name__}")
     image = level0(image)
-    check_image(image)
-    dev = resolve_device(device)
-    layout = ImageLayout.infer(image.shape, model.in_channels, axes)
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be a probability between 0 and 1, not {threshold}")
-    if grow is None:
-        grow = int(model.metadata.get("target", {}).get("gap", 1)) + 1
-    if int(grow) < 0 or int(min_size) < 0:
-        raise ValueError(f"grow and min_size must be 0 or more, not {grow} and {min_size}")
-    classes = tuple(model.classes)
-    opt = _Options(classes, float(threshold), int(min_size), int(grow),
-                   grow_halo(int(grow), classes), "z" in layout.axes)
-    n_planes, plane_shape = layout.n_planes, layout.plane_shape
+    if plan is None:
+        plan = plan_segmentation(image, model, options, out=out)
+    else:
+        check_image(image)
+        if ImageLayout.infer(image.shape, model.in_channels, options.axes) != plan.layout:
+            raise ValueError("the segmentation plan was made for another image or model")
+    layout = plan.layout
     spatial = layout.spatial_shape
-    tiles, batch = resolve_tiles(model, plane_shape, dev, n_planes, tile_shape, batch_size)
-    plan = plan_tiles(model, plane_shape, tiles)
-    if block_shape is None and out is not None and getattr(out, "chunks", None) is not None \
-            and not isinstance(out, np.ndarray):
-        block_shape = tuple(int(c) for c in out.chunks[-2:])
-    grid = BlockGrid.make(plan, plane_shape, block_shape, min_side=opt.halo, min_tiles=batch)
 
     temporary: list[Path] = []  # removed at the end
     created: list[Path] = []  # outputs made here: removed if the run fails or is stopped
     try:
-        labels_out, to_numpy = _labels_target(out, spatial, grid, opt, client, temporary,
-                                              created)
-        probs_out, probs_to_numpy = _probabilities_target(
-            probabilities, (model.n_classes, *spatial), grid, opt, client, temporary, created
-        )
+        labels_out, to_numpy = _target("out", out, spatial, plan.chunks(), np.int32, client,
+                                       temporary, created)
+        probs_out, probs_to_numpy = None, False
+        if probabilities is not None and probabilities is not False:
+            probs_out, probs_to_numpy = _target(
+                "probabilities", probabilities, (model.n_classes, *spatial),
+                plan.chunks((model.n_classes,)), np.float32, client, temporary, created,
+            )
         if client is not None:
             for name, target in (("out", labels_out), ("probabilities", probs_out)):
-                if target is not None and not _aligned(target, grid, opt.has_planes):
+                if target is not None and not _aligned(target, plan.grid, plan.has_planes):
                     lead = tuple(target.shape[:1]) if name == "probabilities" else ()
                     raise ValueError(
                         f"{name} has chunks {tuple(target.chunks)} that do not line up with "
-                        f"the blocks of {grid.block_shape} pixels, so blocks written at once "
-                        "would overwrite each other; give a path instead (a zarr array chunked "
-                        "like the blocks is made), or create it with chunks "
-                        f"{_chunks_for(grid, opt.has_planes, lead)}"
+                        f"the blocks of {plan.grid.block_shape} pixels, so blocks written at "
+                        "once would overwrite each other; give a path instead (a zarr array "
+                        f"chunked like the blocks is made), or create it with chunks "
+                        f"{plan.chunks(lead)}"
                     )
         stats = [plane_stats(layout, image, z, model.normalization, model.in_channels)
-                 for z in range(n_planes)]
-        keys = [(z, i, j) for z in range(n_planes) for i, j in grid.indices()]
+                 for z in range(layout.n_planes)]
         if client is None:
-            summaries, numbering, done, total = yield from _run_local(
-                model, image, layout, grid, keys, stats, opt, batch, dev, labels_out,
-                probs_out, block_shape,
-            )
+            numbering = yield from _run_local(model, image, plan, stats, labels_out, probs_out)
         else:
             from .distributed import connect
 
             with connect(client) as dask_client:
-                summaries, numbering, done, total = yield from _run_distributed(
-                    dask_client, model, image, layout, grid, keys, stats, opt, batch, device,
-                    labels_out, probs_out,
+                numbering = yield from _run_distributed(
+                    dask_client, model, image, plan, stats, options.device, labels_out,
+                    probs_out,
                 )
         labels = np.asarray(labels_out[...]) if to_numpy else labels_out
         probs = np.asarray(probs_out[...]) if probs_to_numpy else probs_out
@@ -577,49 +672,32 @@ def _target(
     return given, False
 
 
-def _labels_target(
-    out: Any, spatial: tuple, grid: BlockGrid, opt: _Options, client: Any,
-    temporary: list[Path], created: list[Path],
-) -> tuple[Any, bool]:
-    return _target("out", out, spatial, _chunks_for(grid, opt.has_planes), np.int32, client,
-                   temporary, created)
-
-
-def _probabilities_target(
-    probabilities: Any, shape: tuple, grid: BlockGrid, opt: _Options, client: Any,
-    temporary: list[Path], created: list[Path],
-) -> tuple[Any, bool]:
-    if probabilities is None or probabilities is False:
-        return None, False
-    return _target("probabilities", probabilities, shape,
-                   _chunks_for(grid, opt.has_planes, (shape[0],)), np.float32, client,
-                   temporary, created)
-
-
 class _Replan(Exception):
     """A GPU ran out of memory with one tile per batch: start again with smaller tiles."""
 
 
 def _run_local(
-    model: UNet, image: Any, layout: ImageLayout, grid: BlockGrid, keys: list[_KEY],
-    stats: list, opt: _Options, batch: int, dev: torch.device, out: Any, probs_out: Any,
-    block_shape: Any,
-) -> Generator[SegmentProgress, None, tuple]:
+    model: UNet, image: Any, plan: SegmentPlan, stats: list, out: Any, probs_out: Any,
+) -> Generator[SegmentProgress, None, _Numbering]:
     was_training = model.training
     model_device = next(model.parameters()).device
+    dev = plan.device
     model.eval().to(dev)
-    backoff = Backoff(batch, grid.plan.in_shape, partial(smaller_tile, model, layout.plane_shape))
+    layout = plan.layout
+    backoff = Backoff(plan.batch, plan.grid.plan.in_shape,
+                      partial(smaller_tile, model, layout.plane_shape))
     try:
         while True:
-            total = grid.plan.total * layout.n_planes + len(keys)
+            keys = plan.keys()
+            total = plan.grid.plan.total * layout.n_planes + len(keys)
             done = 0
             yield SegmentProgress(0, total, "predict")
             summaries: dict[_KEY, BlockSummary] = {}
             try:
                 for key in keys:
                     while True:
-                        block = _iter_label_block(model, image, layout, grid, key, stats[key[0]],
-                                                  opt, batch, dev, out, probs_out)
+                        block = _iter_label_block(model, image, plan, key, stats[key[0]], dev,
+                                                  out, probs_out)
                         start = done
                         try:
                             while True:
@@ -635,19 +713,19 @@ def _run_local(
                             if not is_out_of_memory(err, dev):
                                 raise
                             what = backoff.next(dev)
-                            batch = backoff.batch
-                            if backoff.shape != grid.plan.in_shape:
+                            plan = dataclasses.replace(plan, batch=backoff.batch)
+                            if backoff.shape != plan.grid.plan.in_shape:
                                 raise _Replan from None
                             done = start
                             warnings.warn(f"GPU out of memory; going on with {what}",
                                           ResourceWarning, stacklevel=3)
             except _Replan:
-                plan = plan_tiles(model, layout.plane_shape, backoff.shape)
-                grid = BlockGrid.make(plan, layout.plane_shape, block_shape, min_side=opt.halo,
-                                      min_tiles=batch)
-                keys = [(z, i, j) for z in range(layout.n_planes) for i, j in grid.indices()]
+                tiles = plan_tiles(model, layout.plane_shape, backoff.shape)
+                grid = BlockGrid.make(tiles, layout.plane_shape, plan.block_request,
+                                      min_side=plan.halo, min_tiles=plan.batch)
+                plan = dataclasses.replace(plan, grid=grid)
                 warnings.warn(f"GPU out of memory; starting again with tiles of "
-                              f"{plan.in_shape[0]}x{plan.in_shape[1]}", ResourceWarning,
+                              f"{tiles.in_shape[0]}x{tiles.in_shape[1]}", ResourceWarning,
                               stacklevel=3)
                 continue
             break
@@ -655,48 +733,46 @@ def _run_local(
         model.to(model_device)
         model.train(was_training)
     yield SegmentProgress(done, total, "merge")
-    numbering = _merge(summaries, layout.plane_shape, opt.min_size)
+    numbering = _merge(summaries, layout.plane_shape, plan.min_size)
     for key in keys:
-        pieces = _halo_pieces(grid, key, summaries, numbering, opt)
-        _grow_block(grid, key, out, numbering.block_map(summaries[key]), pieces, opt)
+        pieces = _halo_pieces(plan, key, summaries, numbering)
+        _grow_block(plan, key, out, numbering.block_map(summaries[key]), pieces)
         done += 1
         yield SegmentProgress(done, total, "label")
-    return summaries, numbering, done, total
+    return numbering
 
 
 def _run_distributed(
-    client: Any, model: UNet, image: Any, layout: ImageLayout, grid: BlockGrid,
-    keys: list[_KEY], stats: list, opt: _Options, batch: int, device: Any, out: Any,
-    probs_out: Any,
-) -> Generator[SegmentProgress, None, tuple]:
+    client: Any, model: UNet, image: Any, plan: SegmentPlan, stats: list, device: Any,
+    out: Any, probs_out: Any,
+) -> Generator[SegmentProgress, None, _Numbering]:
     from .distributed import Shared, submit_all
 
-    if isinstance(device, torch.device):
-        device = str(device)
-    total = grid.plan.total * layout.n_planes + len(keys)
+    keys = plan.keys()
+    total = plan.grid.plan.total * plan.layout.n_planes + len(keys)
     done = 0
     yield SegmentProgress(0, total, "predict")
     shared_model = client.scatter(Shared(model), broadcast=True)
     shared_image = client.scatter(Shared(image), broadcast=False)
+    # each worker resolves the device itself (its GPUs, not this machine's)
     arguments = [
-        (shared_model, shared_image, layout, grid, key, stats[key[0]], opt, batch, device, out,
-         probs_out)
+        (shared_model, shared_image, plan, key, stats[key[0]], device, out, probs_out)
         for key in keys
     ]
     summaries: dict[_KEY, BlockSummary] = {}
     for k, summary in submit_all(client, _worker_label_block, arguments):
         summaries[keys[k]] = summary
-        done += len(grid.origins(*keys[k][1:]))
+        done += len(plan.grid.origins(*keys[k][1:]))
         yield SegmentProgress(done, total, "predict")
     del shared_model, shared_image
     yield SegmentProgress(done, total, "merge")
-    numbering = _merge(summaries, layout.plane_shape, opt.min_size)
+    numbering = _merge(summaries, plan.layout.plane_shape, plan.min_size)
     arguments = [
-        (grid, key, out, numbering.block_map(summaries[key]),
-         _halo_pieces(grid, key, summaries, numbering, opt), opt)
+        (plan, key, out, numbering.block_map(summaries[key]),
+         _halo_pieces(plan, key, summaries, numbering))
         for key in keys
     ]
     for _ in submit_all(client, _worker_grow_block, arguments):
         done += 1
         yield SegmentProgress(done, total, "label")
-    return summaries, numbering, done, total
+    return numbering

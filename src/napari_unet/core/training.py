@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from ._utils import resolve_device, run_to_completion
 from .augment import AugmentConfig, augment_intensity, sample_geometry, sampling_grid, warp
 from .checkpoints import atomic_torch_save, load_model, packaged_model_path, save_model
-from .instances import probabilities_to_labels
+from .decode import probabilities_to_labels
 from .metrics import MatchResult, match
 from .model import UNet, copy_model, default_class_names, model_from_dict
 from .normalize import Normalization
