@@ -93,6 +93,19 @@ def test_existing_output_is_not_overwritten(tmp_path, image_file, model_file, ca
     assert tifffile.imread(out).shape == (70, 90)
 
 
+def test_bad_settings_are_one_line_and_nothing_is_written(tmp_path, image_file, model_file,
+                                                          capsys):
+    out = tmp_path / "o.tif"
+    for flags, words in [(["--threshold", "1.5"], "threshold must be a probability"),
+                         (["--grow", "-1"], "grow must be 0 or more"),
+                         (["--min-size", "-3"], "min_size must be 0 or more"),
+                         (["--block", "0"], "block_shape must be 1 or more")]:
+        err = run_failing(["segment", str(image_file), "-o", str(out), "--model",
+                           str(model_file), *flags], capsys)
+        assert words in err, err
+    assert not out.exists()
+
+
 def test_unreadable_input(tmp_path, model_file, capsys):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"not a tiff")
