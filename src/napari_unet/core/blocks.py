@@ -21,12 +21,18 @@ cluster, see :mod:`napari_unet.core.distributed`):
    of their first pixel, which is how a one-piece labelling numbers them.
 3. **Grow**: each block maps its local ids to the final ids, takes a halo of
    ``grow`` pixels from its neighbours' strips, grows the cells back over the
-   carved gaps (:func:`~napari_unet.probabilities_to_labels`' rule) and writes
-   the final labels over its local ids.
+   carved gaps (:func:`~napari_unet.core.decode.grow_cells`) and writes the
+   final labels over its local ids.
 
-Every per-pixel decision sees the same data as in a one-piece segmentation, so
-the result equals ``probabilities_to_labels(predict_tiled(...))`` exactly, ids
-included, for any block size.
+Every per-pixel decision sees the same data as in a one-piece segmentation (a
+pixel's growth, ties between equally near cells included, depends only on the
+pixels within the growing distance), so the result equals
+``probabilities_to_labels(predict_tiled(...))`` exactly, ids included, for any
+block size.
+
+:func:`plan_segmentation` works out the device, tiles, batch and block grid
+once (:class:`SegmentPlan`); a caller that needs the grid first (to create an
+output chunked like the blocks) passes its plan on to :func:`iter_segment_blocks`.
 """
 
 from __future__ import annotations
@@ -238,20 +244,20 @@ class BlockSummary:
 
 # ---------------------------------------------------------------- pass 1: label
 def _first_pixels(local: np.ndarray, n: int, r0: int, c0: int, width: int) -> np.ndarray:
-    """Raster index in the plane of the first pixel of local ids 1..n."""
+    """Raster index in the plane of the first pixel of local ids 1..n (4-connected cells)."""
     if n == 0:
         return np.zeros(0, np.int64)
-    # ids are numbered in raster order of their first pixel, so the running maximum
-    # reaches each id exactly at its first pixel
-    running = np.maximum.accumulate(local.reshape(-1))
-    ids = np.arange(1, n + 1)
-    pos = np.searchsorted(running, ids)
-    if pos[-1] >= running.size or (running[pos] != ids).any():  # pragma: no cover - defensive
-        flat = local.reshape(-1)
-        cells = np.flatnonzero(flat > 0)
-        _, first = np.unique(flat[cells], return_index=True)
-        pos = cells[first]
-    rows, cols = np.divmod(pos.astype(np.int64), local.shape[1])
+    # a cell's first pixel has neither its upper nor its left neighbour in the cell, and
+    # 4-neighbours of a cell pixel are in the same cell or background: look at those only
+    cells = local > 0
+    corner = cells.copy()
+    corner[1:] &= ~cells[:-1]
+    corner[:, 1:] &= ~cells[:, :-1]
+    pos = np.flatnonzero(corner)
+    ids, first = np.unique(local.reshape(-1)[pos], return_index=True)
+    if len(ids) != n:  # pragma: no cover - defensive: every id has a first pixel
+        raise AssertionError("local ids are not 1..n")
+    rows, cols = np.divmod(pos[first].astype(np.int64), local.shape[1])
     return (r0 + rows) * width + (c0 + cols)
 
 
