@@ -12,6 +12,9 @@ Prints, measured in one run, for each image size (default 2048² and 8192²):
   time spent in the block engine's labelling, merging and growing (``_local_components``,
   ``_merge``, ``_halo_pieces``, ``_grow_block``), which are timed in place.
 
+``--device cuda`` runs ``segment`` on a GPU (decoding stays on the CPU): its Mpx/s and
+decoding's share are the figures to compare with the network's time there.
+
 With ``--baseline COMMIT`` the same child measurements also run on that commit's code
 (checked out in a temporary ``git worktree``), in the same run, one after the other for
 each size; ``--large`` then also runs ``bench_large.py --sizes 16384`` on both, alternately
@@ -68,7 +71,7 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, result
 
 
-def child(size: int, repeats: int, reference: bool) -> dict:
+def child(size: int, repeats: int, reference: bool, device: str) -> dict:
     """Measure with the napari_unet found on sys.path (this tree or a baseline's)."""
     import torch
     from scipy import ndimage as ndi
@@ -102,7 +105,7 @@ def child(size: int, repeats: int, reference: bool) -> dict:
 
         setattr(blocks, name, wrapper)
     seg_seconds, (labels, probs) = timed(
-        lambda: segment(image, model, device="cpu", return_probabilities=True))
+        lambda: segment(image, model, device=device, return_probabilities=True))
     decode_in_segment = spent[0]
 
     old = None
@@ -125,7 +128,7 @@ def child(size: int, repeats: int, reference: bool) -> dict:
             seconds, old_labels = timed(old)
             rows["old"].append(seconds)
     return {
-        "size": size, "source": str(Path(napari_unet.__file__).parents[1]),
+        "size": size, "device": device, "source": str(Path(napari_unet.__file__).parents[1]),
         "torch_threads": torch.get_num_threads(), "n_cells": int(labels.max()),
         "segment": seg_seconds, "decode_in_segment": decode_in_segment,
         "edt": rows["edt"], "decode": rows["decode"], "old": rows["old"],
@@ -135,10 +138,10 @@ def child(size: int, repeats: int, reference: bool) -> dict:
     }
 
 
-def run_child(src: Path, size: int, repeats: int, reference: bool) -> dict:
+def run_child(src: Path, size: int, repeats: int, reference: bool, device: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(size), "--repeats",
-           str(repeats)] + (["--reference"] if reference else [])
+           str(repeats), "--device", device] + (["--reference"] if reference else [])
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -160,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="where segment runs the network")
     parser.add_argument("--baseline", help="a commit to measure too (e.g. e43b0d5)")
     parser.add_argument("--large", action="store_true",
                         help="also bench_large.py at 16384² on this tree and the baseline")
@@ -168,7 +172,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.repeats, args.reference)))
+        print(json.dumps(child(args.child, args.repeats, args.reference, args.device)))
         return
 
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -184,25 +188,27 @@ def main() -> None:
         results = []
         for size in args.sizes:
             for name, src in trees:
-                r = run_child(src, size, args.repeats, reference=src == REPO / "src")
+                r = run_child(src, size, args.repeats, src == REPO / "src", args.device)
                 r["tree"] = name
                 results.append(r)
                 print(f"  measured {size}² on {name}", file=sys.stderr, flush=True)
-        print(f"\nCPU, torch threads {results[0]['torch_threads']}; medians of "
-              f"{args.repeats} repeats; ratios measured next to their EDT")
+        print(f"\ndecoding on the CPU; segment on {args.device}, torch threads "
+              f"{results[0]['torch_threads']}; medians of {args.repeats} repeats; ratios "
+              "measured next to their EDT")
         print(f"{'size':>6} {'code':<26} {'EDT s':>7} {'decode s':>9} {'/ EDT':>6} "
-              f"{'segment s':>10} {'decode in seg s':>16} {'share':>6}  labels")
+              f"{'segment s':>10} {'Mpx/s':>6} {'decode in seg s':>16} {'share':>6}  labels")
         for r in results:
             edt, dec = np.median(r["edt"]), np.median(r["decode"])
             share = r["decode_in_segment"] / r["segment"]
             print(f"{r['size']:>6} {r['tree']:<26} {edt:>7.3f} {dec:>9.3f} "
                   f"{median_ratio(r['decode'], r['edt']):>6.2f} {r['segment']:>10.1f} "
+                  f"{r['size'] ** 2 / r['segment'] / 1e6:>6.2f} "
                   f"{r['decode_in_segment']:>16.2f} {share:>6.1%}  {r['labels']}")
             if r["old"]:
                 same = "identical" if r["old_labels"] == r["labels"] else "DIFFERENT"
                 print(f"{r['size']:>6} {'old decoding (reference)':<26} {edt:>7.3f} "
                       f"{np.median(r['old']):>9.3f} {median_ratio(r['old'], r['edt']):>6.2f} "
-                      f"{'':>10} {'':>16} {'':>6}  {r['old_labels']} ({same})")
+                      f"{'':>10} {'':>6} {'':>16} {'':>6}  {r['old_labels']} ({same})")
                 print(f"{'':>6} {'old / new decoding':<26} {'':>7} "
                       f"{median_ratio(r['old'], r['decode']):>9.1f}x faster now")
             if not r["segment_equals_decode"]:
