@@ -118,6 +118,8 @@ def test_bad_labels_are_refused_clearly():
         grow_cells(np.zeros((3, 4), np.float32), None, 1)
     with pytest.raises(ValueError, match="positive int32"):
         grow_cells(np.array([[-1, 0, 2]]), None, 1)
+    with pytest.raises(ValueError, match="region has shape"):
+        grow_cells(np.array([[1, 0, 2]]), np.ones((2, 3), bool), 1)
 
 
 def test_offsets_come_in_tie_order():

@@ -243,10 +243,11 @@ def grow_cells(labels: np.ndarray, region: np.ndarray | None, grow: int) -> np.n
     the nearest cell within ``grow·√2`` pixels, if there is one. Nearest is
     leftmost, then topmost, on ties (see the module docstring).
 
-    Only pixels within the growing distance of a cell are looked at, each
-    against the few offsets of a disk of that radius: the cost grows with the
-    number of such pixels and the disk's area, not with a whole-image distance
-    transform.
+    The whole image is only looked at by a few byte-wide mask passes (which
+    background pixels are within the growing distance of a cell: a dilation
+    done as ``O(grow)`` row-segment passes); the labels at the offsets of a disk
+    of that radius are gathered only for those pixels, in cache-sized chunks.
+    No distance transform or feature transform is computed.
 
     Parameters
     ----------
@@ -280,6 +281,10 @@ def grow_cells(labels: np.ndarray, region: np.ndarray | None, grow: int) -> np.n
     if high == 0:
         return labels.astype(np.int32)
     three_class = region is not None
+    if three_class:
+        region = np.asarray(region, bool)
+        if region.shape != labels.shape:
+            raise ValueError(f"region has shape {region.shape}, labels {labels.shape}")
     rows, cols, d2 = reach_offsets(grow_reach(grow, three_class))
     k = int(max(np.abs(rows).max(), np.abs(cols).max()))
     h, w = labels.shape
