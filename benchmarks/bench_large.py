@@ -95,6 +95,7 @@ def child(size: int, block: int | None, tile: int | None, folder: str) -> None:
     before = current_rss_mib()
     gen = iter_segment_blocks(image, model, out=Path(folder) / "labels.zarr", block_shape=block,
                               tile_shape=tile, device="cpu")
+    before_usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     last = -1
     try:
@@ -109,12 +110,16 @@ def child(size: int, block: int | None, tile: int | None, folder: str) -> None:
     except StopIteration as stop:
         result = stop.value
     seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     labels = result.labels
     on_disk = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
     # a small check that the labels are there: the cells of the first block
     first = np.asarray(labels[: min(512, size), : min(512, size)])
     print(json.dumps({
-        "size": size, "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+        "size": size, "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - before_usage.ru_utime
+        - before_usage.ru_stime,
+        "peak_rss_mib": peak_rss_mib(),
         "rss_before_mib": before, "n_cells": result.n_cells, "model": which,
         "chunks": list(labels.chunks), "labels_on_disk_mib": on_disk / 2**20,
         "torch_threads": torch.get_num_threads(), "first_block_ids": int(len(np.unique(first))),
@@ -150,12 +155,13 @@ def main() -> None:
     print(f"model: {rows[0]['model']}; torch threads: {rows[0]['torch_threads']}; "
           f"chunks (= blocks): {rows[0]['chunks']}")
     print(f"{'image':>13} {'image+labels':>13} {'peak RSS':>9} {'RSS before':>11} "
-          f"{'wall time':>10} {'Mpx/s':>6} {'cells':>9}")
+          f"{'wall time':>10} {'CPU time':>9} {'Mpx/s':>6} {'cells':>9}")
     for r in rows:
         whole = r["image_gib_uint8"] + r["labels_gib_int32"]
         print(f"{r['size']:>6}x{r['size']:<6} {whole:>9.2f} GiB "
               f"{r['peak_rss_mib'] / 1024:>5.2f} GiB "
               f"{r['rss_before_mib'] / 1024:>7.2f} GiB {r['seconds']:>8.0f} s "
+              f"{r['cpu_seconds']:>7.0f} s "
               f"{r['size'] ** 2 / r['seconds'] / 1e6:>6.2f} {r['n_cells']:>9}")
     print(f"load average now {os.getloadavg()[0]:.1f}")
 

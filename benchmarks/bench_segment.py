@@ -152,7 +152,8 @@ def run_large(src: Path) -> dict:
                          env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     print(out, end="", flush=True)
     line = next(x for x in out.splitlines() if x.strip().startswith("16384x16384"))
-    return {"seconds": float(line.split(" s ")[0].split()[-1]), "line": line}
+    wall, cpu = (float(part.split()[-1]) for part in line.split(" s ")[:2])
+    return {"seconds": wall, "cpu_seconds": cpu, "line": line}
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:
@@ -214,18 +215,24 @@ def main() -> None:
             if not r["segment_equals_decode"]:
                 print(f"{'':>6} segment's labels DIFFER from probabilities_to_labels'")
         if args.large:
-            print("\nbench_large.py --sizes 16384 (wall time of segment into zarr, CPU):")
-            large: dict[str, list[float]] = {name: [] for name, _ in trees}
+            print("\nbench_large.py --sizes 16384 (segment into zarr on the CPU; CPU time = "
+                  "the process's user + system seconds, less sensitive to the load):")
+            large: dict[str, list[dict]] = {name: [] for name, _ in trees}
             for _ in range(args.large_repeats):
                 for name, src in trees:
                     print(f"-- {name}", flush=True)
-                    large[name].append(run_large(src)["seconds"])
-            for name in large:
-                print(f"16384² {name:<12} {np.median(large[name]):8.0f} s "
-                      f"(runs: {', '.join(f'{s:.0f}' for s in large[name])})")
+                    large[name].append(run_large(src))
+            for name, runs in large.items():
+                wall = [r["seconds"] for r in runs]
+                cpu = [r["cpu_seconds"] for r in runs]
+                print(f"16384² {name:<12} wall {np.median(wall):6.0f} s, CPU "
+                      f"{np.median(cpu):6.0f} s (runs, wall/CPU: "
+                      f"{', '.join(f'{w:.0f}/{c:.0f}' for w, c in zip(wall, cpu))})")
             if len(trees) == 2:
-                base, new = (np.median(large[n]) for n, _ in trees)
-                print(f"this tree / {trees[0][0]}: {new / base:.3f}")
+                (_, base), (_, new) = large.items()
+                for key, what in (("seconds", "wall"), ("cpu_seconds", "CPU")):
+                    ratio = np.median([r[key] for r in new]) / np.median([r[key] for r in base])
+                    print(f"this tree / {trees[0][0]}, {what} time: {ratio:.3f}")
         print(f"load average now {os.getloadavg()[0]:.1f}")
     finally:
         if worktree is not None:
