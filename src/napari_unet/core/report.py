@@ -1,0 +1,90 @@
+"""How a training run ended, in numbers: which model was kept, and against what start.
+
+A run keeps the model with the best validation F1, so the kept model is never
+worse than the starting model *on the held-out cells*; but the last steps may
+be, and a run that never beat its start keeps the start. :func:`summarize_run`
+sets these facts side by side for a truthful report (the GUI's status line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RunSummary", "summarize_run", "WORSE_BY"]
+
+#: A last validation F1 this much below the start's counts as "worse than it started".
+WORSE_BY = 0.05
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The end of a training run.
+
+    Attributes
+    ----------
+    stopped_reason : str
+        As :class:`~napari_unet.core.training.TrainResult` says.
+    steps : int
+    seconds : float
+    kept_step : int or None
+        The step of the kept model (None: never validated, the final model is kept).
+    kept_f1 : float or None
+        Its validation F1.
+    start_f1 : float or None
+        Validation F1 of the starting model, when it was measured (fine-tuning).
+    last_f1 : float or None
+        The last validation F1 of the run.
+    last_step : int or None
+    val_cells : int or None
+        Cells the last validation was measured on, when the engine says.
+    improved : bool
+        The kept model is not the starting model.
+    worse : bool
+        The last validation is more than :data:`WORSE_BY` below the start's.
+    """
+
+    stopped_reason: str
+    steps: int
+    seconds: float
+    kept_step: int | None
+    kept_f1: float | None
+    start_f1: float | None
+    last_f1: float | None
+    last_step: int | None
+    val_cells: int | None
+    improved: bool
+    worse: bool
+
+
+def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0) -> RunSummary:
+    """Sum up a run from its :class:`TrainResult` and the progress records seen.
+
+    ``records`` are the :class:`TrainProgress` records yielded during the run (the
+    result's ``history`` is used as well); ``start_step`` is the step the run
+    started at (0, or the step of a resumed checkpoint). A validation at
+    ``start_step`` is the starting model's.
+    """
+    validated: dict[int, Any] = {}
+    for rec in [*records, *getattr(result, "history", [])]:
+        if getattr(rec, "val_f1", None) is not None:
+            validated[int(rec.step)] = rec  # the latest record of a step wins
+    start = validated.get(int(start_step))
+    last_step = max(validated) if validated else None
+    last = validated[last_step] if last_step is not None else None
+    kept = result.best_step
+    if kept is None:
+        improved = result.stopped_reason in ("max_steps", "max_time") and result.steps > start_step
+    else:
+        improved = int(kept) > int(start_step)
+    start_f1 = None if start is None else float(start.val_f1)
+    last_f1 = None if last is None else float(last.val_f1)
+    worse = start_f1 is not None and last_f1 is not None and last_f1 < start_f1 - WORSE_BY
+    return RunSummary(
+        stopped_reason=str(result.stopped_reason), steps=int(result.steps),
+        seconds=float(result.seconds), kept_step=None if kept is None else int(kept),
+        kept_f1=None if result.best_val_f1 is None else float(result.best_val_f1),
+        start_f1=start_f1, last_f1=last_f1, last_step=last_step,
+        val_cells=getattr(last, "val_cells", None), improved=improved, worse=worse,
+    )
