@@ -102,13 +102,14 @@ def test_short_training_saves_a_model_offered_in_segment(viewer_with_data, tiny_
     assert result is not None and result.steps == 20
     assert len(w.plot.loss) >= 10  # the plot followed the run
     assert w.progress.value == 1000 and "All steps done after 20 steps" in w.status.value
-    if result.best_step is not None and result.best_step > 0:  # it beat its start: saved
-        assert w.saved_path == models_dir / "my-nuclei.pt" and w.saved_path.exists()
-        assert str(models_dir) in w.status.value and "'my-nuclei'" in w.status.value
-        assert any("my-nuclei" in str(c) for c in segment.model.choices)
-    else:  # nothing better than the start: nothing saved, and said so
-        assert w.saved_path is None and not list(models_dir.glob("*.pt"))
-        assert "nothing was saved" in w.status.value
+    if w.saved_path is None:  # not clearly better than its start: the user may keep it
+        assert "nothing was saved" in w.status.value and not list(models_dir.glob("*.pt"))
+        click(qtbot, w.save_button)
+    assert w.saved_path == models_dir / "my-nuclei.pt", w.status.value
+    assert w.saved_path.exists() and w.save_button.native.isHidden()
+    assert str(models_dir) in w.status.value and "'my-nuclei'" in w.status.value
+    assert any("my-nuclei" in str(c) for c in segment.model.choices)
+    assert w.models.value == w.saved_path  # listed under 'your models', with its path
     np.testing.assert_array_equal(viewer.layers["painted"].data, painted_before)
 
 
@@ -134,10 +135,11 @@ def test_cancel_reports_the_kept_step_and_the_start(viewer_with_data, tiny_train
     assert f"validation F1 {result.best_val_f1:.2f}" in status
     last = next(h for h in reversed(result.history) if h.val_f1 is not None)
     assert w.plot.f1[-1] == (last.step, last.val_f1)  # the plot ends where the run did
-    if result.best_step > 0:
+    if result.best_step > 0 and result.best_val_f1 > start_f1:  # better: saved
         assert w.saved_path.exists() and str(w.saved_path.parent) in status
-    else:
+    else:  # not better: nothing saved, and said so; kept only if the user asks
         assert w.saved_path is None and "nothing was saved" in status
+        assert (not w.save_button.native.isHidden()) == (result.best_step > 0)
 
 
 def test_error_is_shown_once_in_the_widgets_words(make_napari_viewer, models_dir, qtbot,

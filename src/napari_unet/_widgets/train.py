@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,26 @@ def _start_choices(_widget: Any = None) -> list[tuple[str, Any]]:
     choices += [(str(info), info.path) for info in list_models() if info.source == "user"]
     choices += [(SCRATCH, SCRATCH), (NEW_FILE, NEW_FILE)]
     return choices
+
+
+def _held_out_estimate(labels: list[np.ndarray], regions: list[Any] | None) -> int | None:
+    """About how many painted cells training holds out for validation (its default share
+    of the cells in the annotated area), for engines that do not report it."""
+    share = inspect.signature(iter_train).parameters["validation"].default
+    cells = 0
+    for i, lab in enumerate(labels):
+        rects = None if regions is None else regions[i]
+        if rects:
+            mask = np.zeros(lab.shape, bool)
+            for rect in rects:
+                if len(rect) == 5:
+                    mask[rect[0], rect[1]:rect[3], rect[2]:rect[4]] = True
+                else:
+                    mask[..., rect[0]:rect[2], rect[1]:rect[3]] = True
+            lab = np.where(mask, lab, 0)
+        for plane in lab.reshape(-1, *lab.shape[-2:]):
+            cells += int(np.unique(plane[plane > 0]).size)
+    return max(1, int(round(float(share) * cells))) if cells and share else None
 
 
 def _user_model_choices(_widget: Any = None) -> list[tuple[str, Any]]:
@@ -248,6 +269,7 @@ class TrainWidget(Container):
         self._last_val: tuple[int, float] | None = None
         self._start_step = 0
         self._cell_diameter: float | None = None
+        self._validation_cells: int | None = None
         self._regions_used = False
         self._name = "model"
         self.reset_choices()
@@ -427,6 +449,7 @@ class TrainWidget(Container):
             f"{self.labels.value[0].name} {datetime.datetime.now():%Y-%m-%d %H%M}")
         sizes = [median_cell_diameter(m) for m in labels if m.any()]
         self._cell_diameter = float(np.median(sizes)) if sizes else None
+        self._validation_cells = _held_out_estimate(labels, regions)
         self._regions_used = regions is not None
         run = self.run
 
@@ -513,7 +536,8 @@ class TrainWidget(Container):
         if result is None:
             return
         self.result = result
-        summary = summarize_run(result, self._validations, self._start_step)
+        summary = summarize_run(result, self._validations, self._start_step,
+                                self._validation_cells)
         if summary.last_step is not None and (
                 self._last_val is None or (summary.last_step, summary.last_f1) != self._last_val):
             self.plot.add(summary.last_step, f1=summary.last_f1)  # the final validation too
@@ -525,7 +549,7 @@ class TrainWidget(Container):
         """Say truthfully how the run ended, which model was kept, and where it is."""
         why = _STOPPED.get(summary.stopped_reason, f"Stopped early: {summary.stopped_reason}")
         head = f"{why} after {summary.steps} steps in {summary.seconds:.0f} s."
-        cells = "" if summary.val_cells is None else f" on {summary.val_cells} held-out cells"
+        cells = "" if summary.val_cells is None else f" on ~{summary.val_cells} held-out cells"
         if summary.kept_step is None:
             quality = "It was not checked on held-out cells (too little is painted for that)."
         else:
@@ -540,10 +564,15 @@ class TrainWidget(Container):
                          f"(validation F1 {summary.start_f1:.2f} at the start, "
                          f"{summary.last_f1:.2f} at the end).{hint}")
         if not summary.improved:
-            can_save = summary.kept_step is None
-            self.save_button.visible = can_save
-            kept = ("No step beat the starting model, so nothing was saved."
-                    if not can_save else "Nothing was saved; 'Save this model' keeps it.")
+            self.save_button.visible = summary.changed
+            if not summary.changed:
+                kept = "It is the starting model: nothing was saved."
+            elif summary.kept_step is None:
+                kept = "Nothing was saved; 'Save this model' keeps it."
+            else:
+                kept = ("That is not clearly better than the starting model (a few held-out "
+                        "cells cannot tell), so nothing was saved; 'Save this model' keeps it "
+                        "anyway. Painting more cells makes the check surer.")
             self.status.value = f"{head} {quality} {kept}"
             return
         path = self.save_result()

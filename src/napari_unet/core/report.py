@@ -38,9 +38,13 @@ class RunSummary:
         The last validation F1 of the run.
     last_step : int or None
     val_cells : int or None
-        Cells the last validation was measured on, when the engine says.
-    improved : bool
+        Cells the last validation was measured on: as the engine says, else the
+        estimate passed in.
+    changed : bool
         The kept model is not the starting model.
+    improved : bool
+        It changed and its validation F1 is higher than the starting model's (or
+        there was none to compare with): worth keeping without asking.
     worse : bool
         The last validation is more than :data:`WORSE_BY` below the start's.
     """
@@ -54,17 +58,25 @@ class RunSummary:
     last_f1: float | None
     last_step: int | None
     val_cells: int | None
+    changed: bool
     improved: bool
     worse: bool
 
 
-def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0) -> RunSummary:
+def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0,
+                  validation_cells: int | None = None) -> RunSummary:
     """Sum up a run from its :class:`TrainResult` and the progress records seen.
 
     ``records`` are the :class:`TrainProgress` records yielded during the run (the
     result's ``history`` is used as well); ``start_step`` is the step the run
     started at (0, or the step of a resumed checkpoint). A validation at
     ``start_step`` is the starting model's.
+
+    A kept model counts as *improved* on a fine-tuned start only when its
+    validation F1 beats the start's by more than chance: more than two cells'
+    worth (``2 / n`` for ``n`` held-out cells). ``n`` is the records'
+    ``val_cells`` when the engine reports it, else ``validation_cells`` (an
+    estimate), else unknown (any gain counts).
     """
     validated: dict[int, Any] = {}
     for rec in [*records, *getattr(result, "history", [])]:
@@ -74,17 +86,23 @@ def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0)
     last_step = max(validated) if validated else None
     last = validated[last_step] if last_step is not None else None
     kept = result.best_step
-    if kept is None:
-        improved = result.stopped_reason in ("max_steps", "max_time") and result.steps > start_step
-    else:
-        improved = int(kept) > int(start_step)
+    kept_f1 = None if result.best_val_f1 is None else float(result.best_val_f1)
     start_f1 = None if start is None else float(start.val_f1)
     last_f1 = None if last is None else float(last.val_f1)
+    changed = result.steps > start_step if kept is None else int(kept) > int(start_step)
+    if kept is None:  # never validated: a complete run is taken on trust
+        improved = changed and result.stopped_reason in ("max_steps", "max_time")
+    else:  # an equal F1 (say 1.00 on a few cells) is no evidence of a better model
+        cells = getattr(last, "val_cells", None) or validation_cells
+        margin = 2.0 / cells if cells else 0.0
+        improved = changed and (start_f1 is None or (
+            kept_f1 is not None and kept_f1 > start_f1 + margin))
     worse = start_f1 is not None and last_f1 is not None and last_f1 < start_f1 - WORSE_BY
     return RunSummary(
         stopped_reason=str(result.stopped_reason), steps=int(result.steps),
         seconds=float(result.seconds), kept_step=None if kept is None else int(kept),
-        kept_f1=None if result.best_val_f1 is None else float(result.best_val_f1),
-        start_f1=start_f1, last_f1=last_f1, last_step=last_step,
-        val_cells=getattr(last, "val_cells", None), improved=improved, worse=worse,
+        kept_f1=kept_f1, start_f1=start_f1, last_f1=last_f1, last_step=last_step,
+        val_cells=getattr(last, "val_cells", None) or validation_cells, changed=changed,
+        improved=improved,
+        worse=worse,
     )
