@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QSizePolicy, QWidget
 
 from ..core.regions import pixels_in_view
 from ..core.zoo import list_models
@@ -166,8 +166,10 @@ def scroll_area(content: QWidget, min_height: int = 240) -> QScrollArea:
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(content)
     area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
-    bar = area.verticalScrollBar().sizeHint().width()
-    area.setMinimumWidth(content.minimumSizeHint().width() + bar)
+    for combo in content.findChildren(QComboBox):  # long entries must not widen the dock
+        combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(14)
     area.setMinimumHeight(min(content.sizeHint().height(), min_height))
     return area
 
@@ -181,6 +183,14 @@ class _ScrollArea(QScrollArea):
         inner = self.widget().sizeHint() if self.widget() is not None else QSize(0, 0)
         bar = self.verticalScrollBar().sizeHint().width()
         return QSize(inner.width() + bar, inner.height() + 2)
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt's name
+        from qtpy.QtCore import QSize
+
+        # as wide as the content needs, so that nothing is cut off at the right
+        inner = self.widget().minimumSizeHint() if self.widget() is not None else QSize(0, 0)
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(inner.width() + bar, self.minimumHeight())
 
 
 def share_dock_height(widget: QWidget) -> None:

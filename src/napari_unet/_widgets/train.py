@@ -515,8 +515,8 @@ class TrainWidget(Container):
             if p.eta is not None:
                 parts.append(f"{p.eta:.0f} s left")
             self.status.value = " · ".join(parts)
-        if p.message and p.phase == "train":
-            show_info(f"napari-unet: {p.message}")
+        if p.message and p.phase == "train" and "memory" in p.message:
+            show_info(f"napari-unet: {p.message}")  # the batch or patch was made smaller
 
     def _on_error(self, err: Exception) -> None:
         if self._lifetime.closed:
