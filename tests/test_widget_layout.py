@@ -62,3 +62,28 @@ def test_three_docks_fit_the_screen_and_keep_the_canvas(make_napari_viewer, mode
     assert len(train.status.value) > 100  # a long report, wrapped in the dock
     assert viewer.canvas.size == canvas
     assert window.frameGeometry().width() <= screen.width()
+
+
+def test_every_control_says_what_it_does(make_napari_viewer, models_dir):
+    """Polish: each control of the three docks has its own tooltip (w0 and σ explained)."""
+    from magicgui.widgets import Container
+
+    viewer = make_napari_viewer()
+    missing, seen = [], set()
+    for name in ("Annotate", "Train on current labels", "Segment layer"):
+        widget = viewer.window.add_plugin_dock_widget("napari-unet", name)[1]
+        stack = [widget.form]
+        while stack:
+            for child in stack.pop():
+                if isinstance(child, Container):
+                    stack.append(child)
+                    continue
+                label = getattr(child, "label", "") or getattr(child, "text", "")
+                if not child.tooltip:
+                    missing.append(f"{name}: {label or type(child).__name__}")
+                else:
+                    seen.add(child.tooltip)
+    assert not missing, missing
+    annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")[1]
+    assert "U-Net paper" in annotate.w0.tooltip and "pixels" in annotate.sigma.tooltip
+    assert len(seen) > 30  # one each, not one for all

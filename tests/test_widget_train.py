@@ -247,6 +247,10 @@ def test_sample_preselects_its_annotated_region_and_warns_without_it(
     assert [x.name for x in w.images.value] == ["nuclei"]
     assert [x.name for x in w.labels.value] == ["nuclei labels"]
     assert w.regions.value is viewer.layers["annotated region"]
+    from qtpy.QtCore import Qt
+
+    row = w.images.native.item(0)  # rows with a tick box: they look selectable
+    assert row.checkState() == Qt.CheckState.Checked and row.isSelected()
     configure(w, tiny_start, 3)
     choose(w.regions, "none")
     click(qtbot, w.train_button)

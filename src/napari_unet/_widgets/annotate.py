@@ -141,7 +141,7 @@ class AnnotateWidget(Container):
             label="border width σ (px)", min=0.5, max=50, step=0.5, value=5.0,
             tooltip="how far the extra weight reaches from the cells, in pixels (5 in the "
                     "U-Net paper; about a third of a cell's radius)")
-        self.timing = Label(label="", value="")
+        self.timing = Label(label="", value="", tooltip="how long the last preview update took")
         settings = Container(widgets=[self.w0, self.sigma, self.timing], labels=True)
         settings.margins = (0, 0, 0, 0)
         self.form = Container(widgets=[

@@ -93,7 +93,8 @@ class SegmentWidget(Container):
                               tooltip="the pretrained nuclei model shipped with the plugin, a "
                                       "model you trained (Train on current labels), or a file")
         self.model_file = FileEdit(label="model file", mode="r", filter="*.pt *.zip",
-                                   visible=False)
+                                   visible=False, tooltip="a napari-unet model file (.pt) or "
+                                                          "bioimage.io package (.zip)")
         self.threshold = FloatSpinBox(
             label="cell probability", min=0.05, max=0.95, step=0.05, value=0.5,
             tooltip="pixels at least this likely to be cell count as cell: lower it when "
@@ -110,7 +111,9 @@ class SegmentWidget(Container):
         self.output = ComboBox(label="write into", choices=self._output_choices,
                                tooltip="a new Labels layer, or one of yours: the result is "
                                        "then written into it as one undoable step")
-        self.mode = ComboBox(label="how", choices=[FILL, REPLACE], visible=False)
+        self.mode = ComboBox(label="how", choices=[FILL, REPLACE], visible=False,
+                             tooltip="keep your cells and fill only where the layer is 0, or "
+                                     "overwrite the region (one undo step either way)")
         self.current_plane = CheckBox(text="current plane only", value=False,
                                       tooltip="of a stack, only the plane shown now")
         self.visible_only = CheckBox(text="visible region only", value=False,
@@ -118,12 +121,15 @@ class SegmentWidget(Container):
         self.probabilities = CheckBox(text="add probability map", value=False,
                                       tooltip="also add an image of each pixel's probability "
                                               "of being cell")
-        self.run_button = PushButton(text="Segment layer")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.run_button = PushButton(text="Segment layer",
+                                     tooltip="segment in the background; the cells appear in "
+                                             "a Labels layer")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="stop between two tiles; nothing is changed")
         buttons = Container(widgets=[self.run_button, self.cancel_button],
                             layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.status = Label(label="", value="")
+        self.status = Label(label="", value="", tooltip="what segmenting does, and what it found")
         wrap_label(self.status)
         self.tile = SpinBox(label="tile size", min=0, max=16384, step=4, value=0,
                             tooltip="network input size of one tile; 0 = automatic from the "
@@ -336,7 +342,17 @@ class SegmentWidget(Container):
 
     def _on_error(self, err: Exception) -> None:
         if not self._lifetime.closed:
-            self._fail(f"segmentation failed: {err}")
+            self._fail(f"segmentation failed: {self._explain(err)}")
+
+    def _explain(self, err: BaseException) -> str:
+        """A segmentation error in the widget's words."""
+        text = str(err)
+        if "NaN" in text:
+            return "the image has NaN or infinite pixels; replace them with numbers first"
+        if "out of memory" in text.lower():
+            return ("the computer ran out of memory: choose a smaller tile size under options, "
+                    "or tick 'visible region only'")
+        return text
 
     def _on_finished(self, context: dict[str, Any]) -> None:
         cancelled = self.worker is not None and getattr(self.worker, "abort_requested", False)

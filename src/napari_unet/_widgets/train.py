@@ -28,7 +28,7 @@ from qtpy.QtWidgets import QAbstractItemView
 from ..core import available_devices, packaged_model_path, save_model
 from ..core.cellsize import median_cell_diameter
 from ..core.regions import annotation_coverage
-from ..core.report import RunSummary, summarize_run
+from ..core.report import RunSummary, held_out_cells, summarize_run
 from ..core.training import iter_train, new_model
 from ..core.zoo import delete_model, free_model_path, list_models, rename_model, user_models_dir
 from ._common import (
@@ -67,26 +67,6 @@ def _start_choices(_widget: Any = None) -> list[tuple[str, Any]]:
     choices += [(str(info), info.path) for info in list_models() if info.source == "user"]
     choices += [(SCRATCH, SCRATCH), (NEW_FILE, NEW_FILE)]
     return choices
-
-
-def _held_out_estimate(labels: list[np.ndarray], regions: list[Any] | None) -> int | None:
-    """About how many painted cells training holds out for validation (its default share
-    of the cells in the annotated area), for engines that do not report it."""
-    share = inspect.signature(iter_train).parameters["validation"].default
-    cells = 0
-    for i, lab in enumerate(labels):
-        rects = None if regions is None else regions[i]
-        if rects:
-            mask = np.zeros(lab.shape, bool)
-            for rect in rects:
-                if len(rect) == 5:
-                    mask[rect[0], rect[1]:rect[3], rect[2]:rect[4]] = True
-                else:
-                    mask[..., rect[0]:rect[2], rect[1]:rect[3]] = True
-            lab = np.where(mask, lab, 0)
-        for plane in lab.reshape(-1, *lab.shape[-2:]):
-            cells += int(np.unique(plane[plane > 0]).size)
-    return max(1, int(round(float(share) * cells))) if cells and share else None
 
 
 def _user_model_choices(_widget: Any = None) -> list[tuple[str, Any]]:
@@ -136,7 +116,7 @@ def _checkable(select: Select) -> None:
     def from_check(item: Any) -> None:
         item.setSelected(item.checkState() == Qt.CheckState.Checked)
 
-    view.itemSelectionChanged.connect(sync)
+    view.selectionModel().selectionChanged.connect(sync)  # (magicgui blocks the view's)
     view.itemChanged.connect(from_check)
     view.model().rowsInserted.connect(sync)
     sync()
@@ -181,7 +161,8 @@ class TrainWidget(Container):
                               tooltip="the pretrained nuclei model, one of your models, a new "
                                       "network (for cells unlike nuclei) or a model file")
         self.start_file = FileEdit(label="model file", mode="r", filter="*.pt *.zip",
-                                   visible=False)
+                                   visible=False, tooltip="a napari-unet model file (.pt) or "
+                                                          "bioimage.io package (.zip)")
         self.minutes = FloatSpinBox(label="minutes", min=0.1, max=10_000, step=0.5, value=2.0,
                                     tooltip="train for this many minutes")
         self.steps = SpinBox(label="steps", min=1, max=1_000_000, step=50, value=500,
@@ -191,7 +172,9 @@ class TrainWidget(Container):
         budget = Container(widgets=[self.minutes, self.steps, self.budget_kind],
                            layout="horizontal", labels=False, label="stop after")
         budget.margins = (0, 0, 0, 0)
-        self.train_button = PushButton(text="Train on current labels")
+        self.train_button = PushButton(text="Train on current labels",
+                                       tooltip="start training in the background; you can "
+                                               "go on looking and painting")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
                                         tooltip="stop after the step under way; the best "
                                                 "model so far is kept")
@@ -201,8 +184,9 @@ class TrainWidget(Container):
         self.save_button = PushButton(text="Save this model", visible=False,
                                       tooltip="save the model of this run in your models "
                                               "folder although it did not beat its start")
-        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
-        self.status = Label(label="", value="")
+        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0,
+                                    tooltip="the share of the time or steps done")
+        self.status = Label(label="", value="", tooltip="what training does, and how it ended")
         wrap_label(self.status)
         self.device = ComboBox(label="device", choices=["auto", *available_devices()],
                                tooltip="auto: a GPU if this computer has one, else the CPU")
@@ -213,11 +197,13 @@ class TrainWidget(Container):
         # your models: rename, delete, where they are
         self.models = ComboBox(label="model", choices=_user_model_choices,
                                tooltip="the models you trained (newest first)")
-        self.models_path = Label(label="file", value="")
+        self.models_path = Label(label="file", value="", tooltip="where the model is kept")
         wrap_label(self.models_path)
-        self.rename_to = LineEdit(label="new name", value="")
-        self.rename_button = PushButton(text="Rename")
-        self.delete_button = PushButton(text="Delete")
+        self.rename_to = LineEdit(label="new name", value="",
+                                  tooltip="the name to give the chosen model")
+        self.rename_button = PushButton(text="Rename", tooltip="rename the chosen model")
+        self.delete_button = PushButton(text="Delete", tooltip="delete the chosen model's file "
+                                                               "(click twice)")
         manage = Container(widgets=[self.rename_button, self.delete_button],
                            layout="horizontal", labels=False)
         manage.margins = (0, 0, 0, 0)
@@ -449,7 +435,8 @@ class TrainWidget(Container):
             f"{self.labels.value[0].name} {datetime.datetime.now():%Y-%m-%d %H%M}")
         sizes = [median_cell_diameter(m) for m in labels if m.any()]
         self._cell_diameter = float(np.median(sizes)) if sizes else None
-        self._validation_cells = _held_out_estimate(labels, regions)
+        share = inspect.signature(iter_train).parameters["validation"].default
+        self._validation_cells = held_out_cells(labels, regions, share)
         self._regions_used = regions is not None
         run = self.run
 

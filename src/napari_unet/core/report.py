@@ -8,11 +8,13 @@ sets these facts side by side for a truthful report (the GUI's status line).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RunSummary", "summarize_run", "WORSE_BY"]
+import numpy as np
+
+__all__ = ["RunSummary", "summarize_run", "held_out_cells", "WORSE_BY"]
 
 #: A last validation F1 this much below the start's counts as "worse than it started".
 WORSE_BY = 0.05
@@ -106,3 +108,35 @@ def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0,
         improved=improved,
         worse=worse,
     )
+
+
+def held_out_cells(labels: Sequence[Any], regions: Sequence[Any] | None,
+                   share: float) -> int | None:
+    """About how many painted cells a run holds out for validation: ``share`` of the cells
+    in the annotated area (for training engines that do not report it).
+
+    ``labels`` and ``regions`` are as for :func:`~napari_unet.core.training.iter_train`
+    (a list of rectangles or None per label image). None when nothing is painted.
+
+    >>> lab = np.zeros((50, 50), int)
+    >>> lab[5:10, 5:10], lab[20:25, 5:10], lab[40:45, 40:45] = 1, 2, 3
+    >>> held_out_cells([lab], [[(0, 0, 30, 30)]], 0.5)
+    1
+    """
+    cells = 0
+    for i, lab in enumerate(labels):
+        lab = np.asarray(lab)
+        rects = None if regions is None else regions[i]
+        if rects:
+            mask = np.zeros(lab.shape, bool)
+            for rect in rects:
+                if len(rect) == 5:
+                    mask[rect[0], rect[1]:rect[3], rect[2]:rect[4]] = True
+                else:
+                    mask[..., rect[0]:rect[2], rect[1]:rect[3]] = True
+            lab = np.where(mask, lab, 0)
+        for plane in lab.reshape(-1, *lab.shape[-2:]):
+            cells += int(np.unique(plane[plane > 0]).size)
+    if not cells or not share:
+        return None
+    return max(1, int(round(float(share) * cells)))
