@@ -213,8 +213,8 @@ def annotation_coverage(labels: Any, reach: float | None = None) -> float:
     --------
     >>> labels = np.zeros((200, 200), int)
     >>> labels[10:20, 10:20] = 1
-    >>> round(annotation_coverage(labels), 2)
-    0.05
+    >>> round(annotation_coverage(labels), 2)  # a 10 px cell speaks for ~23 px around it
+    0.04
     """
     lab = np.asarray(labels)
     planes = [lab] if lab.ndim == 2 else [p for p in lab.reshape(-1, *lab.shape[-2:])]
