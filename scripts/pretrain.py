@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from napari_unet import iter_train, load_model, metrics, save_model, segment
+from napari_unet.core.cellsize import median_cell_diameter
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
 
@@ -101,6 +102,11 @@ def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = No
     # interleave kinds so that the validation split (the last planes) holds every kind
     order = np.random.default_rng(seed + 1).permutation(len(images))
     return [images[j] for j in order], [labels[j] for j in order], counts
+
+
+def pool_cell_diameter(labels: list[np.ndarray]) -> float:
+    """The median over the pool's images of each image's median cell diameter (pixels)."""
+    return round(float(np.median([median_cell_diameter(lab) for lab in labels if lab.any()])), 1)
 
 
 def description(shares: dict[str, float]) -> str:
@@ -228,6 +234,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         "pretraining_seconds": round(seconds, 1),
         "heldout_f1": {k: {c: round(v, 4) for c, v in d.items()} for k, d in heldout.items()},
         "heldout_eval_seconds": round(time.perf_counter() - t1, 1),
+        # the cell size the model knows best: Segment layer's "cell diameter" rescales to it
+        "cell_diameter": pool_cell_diameter(labels),
     }
     best.metadata["training"]["started_from"] = "new"  # a new network, not a model file
     path = save_model(best, a.output, weights_dtype="float16", **meta)

@@ -14,7 +14,7 @@ from .blocks import BlockSegmentation, iter_segment_blocks
 from .checkpoints import ModelFileError, load_model, packaged_model_path, save_model
 from .instances import SegmentProgress, iter_segment, probabilities_to_labels, segment
 from .metrics import MatchResult, match
-from .model import InvalidInputShapeError, UNet
+from .model import InvalidInputShapeError, UNet, cell_class_index, cell_probability
 from .normalize import Normalization
 from .tiling import (
     BlockGrid,
@@ -31,6 +31,8 @@ from .zoo import ModelInfo, list_models, user_models_dir
 __all__ = [
     "UNet",
     "InvalidInputShapeError",
+    "cell_class_index",
+    "cell_probability",
     "Normalization",
     "predict_tiled",
     "iter_predict_tiled",

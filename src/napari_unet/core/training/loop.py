@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .._utils import resolve_device
+from ..cellsize import median_cell_diameter
 from ..checkpoints import save_model
 from ..memory import Backoff, OutOfDeviceMemory, is_out_of_memory
 from ..model import UNet, copy_model
@@ -89,6 +90,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.start_val_f1: float | None = None
         self.val_cells: int | None = None
+        self.cell_diameter: float | None = None
         self.n_planes = 0
         #: Where the training data is kept: "auto", "device" or "host" (see DeviceBatches).
         self.storage = "auto"
@@ -119,6 +121,8 @@ class Trainer:
                    for k, p in enumerate(planes) if split.val[k] is not None]
         self.val_cells = sum(w.n_cells for w in windows) if windows else None
         self.n_planes = len(keep)
+        sizes = [median_cell_diameter(p.labels) for p in planes if p.labels.any()]
+        self.cell_diameter = round(float(np.median(sizes)), 1) if sizes else None
         self.plane_shapes = [planes[k].shape for k in keep]
         batches = DeviceBatches(
             [planes[k] for k in keep], [split.train[k] for k in keep],
@@ -357,6 +361,8 @@ class Trainer:
         if previous:
             meta.setdefault("training_history", []).append(previous)
         meta["target"] = {"mode": c.target_mode, "gap": c.gap, "w0": c.w0, "sigma": c.sigma}
+        if self.cell_diameter:  # the cells it was tuned on (Segment's "cell diameter")
+            meta["cell_diameter"] = self.cell_diameter
         best = self.best or {}
         meta["training"] = {
             "steps": self.history[-1].step if self.history else 0,
