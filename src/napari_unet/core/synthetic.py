@@ -884,7 +884,8 @@ def synthetic_nuclei(
         Gaussian PSF sigma in pixels where the sample is in focus (random 0.6-2.2).
     defocus : float, optional
         Extra blur sigma in pixels at the most out-of-focus places and nuclei
-        (0 = the same blur everywhere; random 0-3).
+        (0 = the same blur everywhere; random from 0 to a quarter of the typical
+        radius, at most 3).
     background : float, optional
         Background (autofluorescence, stray light) relative to a typical nucleus
         (random 0.01-0.6, log-uniform).
@@ -932,7 +933,9 @@ def synthetic_nuclei(
     shape = _check_shape(shape)
     lo, hi = _check_range("radius", radius, low=1.0)
     dt = _check_dtype(dtype)
-    p, g, t, z, o = _streams(rng, 5)
+    # separate streams: parameters, geometry, per-cell looks, camera noise, dynamic range,
+    # nucleoli and chromocentres, debris, optics (blur field, background, illumination)
+    p, g, t, z, o, k, d, f = _streams(rng, 8)
 
     # Parameters, always drawn in this order.
     density = _check_unit("density", _pick(density, p.uniform(0.05, 0.45)))
@@ -950,7 +953,7 @@ def synthetic_nuclei(
     nucleoli = _check_unit("nucleoli", _pick(nucleoli, p.uniform(0, 0.6)))
     debris = float(_pick(debris, p.uniform(0, 0.8)))
     blur = float(_pick(blur, p.uniform(0.6, 2.2)))
-    defocus = float(_pick(defocus, p.uniform(0, 3.0)))
+    defocus_u = p.uniform(0, 1)
     background = float(_pick(background, _log_uniform(p, 0.01, 0.6)))
     gradient = float(_pick(gradient, p.uniform(0, 0.5)))
     vignetting = _check_unit("vignetting", _pick(vignetting, p.uniform(0, 0.5)), upper=0.85)
@@ -963,8 +966,8 @@ def synthetic_nuclei(
         saturation = None  # the dtype's range
     level = float(_pick(level, drawn_level))
     offset = float(_pick(offset, drawn_offset))
-    if photons <= 0 or read_noise < 0 or blur < 0 or background < 0 or defocus < 0:
-        raise ValueError("photons must be > 0; read_noise, blur, defocus and background >= 0")
+    if photons <= 0 or read_noise < 0 or blur < 0 or background < 0:
+        raise ValueError("photons must be > 0; read_noise, blur and background >= 0")
     if debris < 0 or texture < 0 or level <= 0 or offset < 0:
         raise ValueError("debris, texture and offset must be >= 0 and level > 0")
     haze = p.uniform(0, 0.25)
@@ -979,6 +982,10 @@ def synthetic_nuclei(
     # Geometry.
     h, w = shape
     r0 = _log_uniform(g, lo, hi)
+    # the depth of field in pixels grows with the magnification, as the nuclei do
+    defocus = float(_pick(defocus, defocus_u * min(3.0, 0.25 * r0)))
+    if defocus < 0:
+        raise ValueError(f"defocus must be >= 0, got {defocus}")
     margin = hi
     if n_cells is None:
         area = (h + 2 * margin) * (w + 2 * margin)
@@ -1036,32 +1043,32 @@ def synthetic_nuclei(
     interphase = inside & ~is_mito[labels]
     if nucleoli > 0 and r0 >= 3.5:
         core = np.flatnonzero(interphase & (q < 0.65))
-        count = int(round(t.uniform(0.5, 2.5) * m))
-        holes = _spots(core, count, max(0.8, 0.14 * r0 * t.uniform(0.7, 1.3)), shape, t)
+        count = int(round(k.uniform(0.5, 2.5) * m))
+        holes = _spots(core, count, max(0.8, 0.14 * r0 * k.uniform(0.7, 1.3)), shape, k)
         signal *= 1 - nucleoli * np.clip(holes, 0, 1)
     if chromocentres > 0:
         core = np.flatnonzero(interphase & (q < 0.85))
-        count = int(round(t.uniform(2, 10) * m))
-        dots = _spots(core, count, max(0.6, 0.06 * r0), shape, t)
+        count = int(round(k.uniform(2, 10) * m))
+        dots = _spots(core, count, max(0.6, 0.06 * r0), shape, k)
         signal *= 1 + chromocentres * np.clip(dots, 0, 1.5)
     signal[_edges(labels, between_cells=True)] *= np.float32(1 - seam)  # dimmer contact line
     if debris > 0:
         free = ndi.distance_transform_edt(~inside) > 2 + 2 * blur
-        specks = int(t.poisson(debris * h * w / 1e4))
-        sigma = t.uniform(0.5, max(0.6, min(1.5, 0.25 * r0)))
-        dust = _spots(np.flatnonzero(free), specks, sigma, shape, t)
-        signal += dust * np.float32(t.uniform(0.3, 2.0))
+        specks = int(d.poisson(debris * h * w / 1e4))
+        sigma = d.uniform(0.5, max(0.6, min(1.5, 0.25 * r0)))
+        dust = _spots(np.flatnonzero(free), specks, sigma, shape, d)
+        signal += dust * np.float32(d.uniform(0.3, 2.0))
 
     # Optics: blur varying across the field and for out-of-focus nuclei, haze.
-    tilt = _illumination(shape, 1.0, t) - 1.0  # a smooth ramp plus unevenness
+    tilt = _illumination(shape, 1.0, f) - 1.0  # a smooth ramp plus unevenness
     extra = np.clip(0.5 + 0.5 * tilt, 0, 1)
     if out_of_focus > 0 and m:
         extra = np.maximum(extra, _blur(focus[labels].astype(np.float32), max(1.0, r0 / 3)) * 1.3)
     image = _variable_blur(signal, blur, extra, defocus)
     if haze > 0:
         image += haze * _blur(signal, haze_sigma)
-    bg = background * (1.0 + uneven_bg * _smooth_noise(shape, max(h, w) / 6.0, t))
-    light = _illumination(shape, gradient, t) * _vignetting(shape, vignetting, t)
+    bg = background * (1.0 + uneven_bg * _smooth_noise(shape, max(h, w) / 6.0, f))
+    light = _illumination(shape, gradient, f) * _vignetting(shape, vignetting, f)
     image = light * (image + np.clip(bg, 0, None))
 
     # Camera.
