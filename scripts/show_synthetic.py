@@ -162,7 +162,6 @@ def _contacts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for a, b in ((labels[1:], labels[:-1]), (labels[:, 1:], labels[:, :-1])):
         sel = (a != b) & (a > 0) & (b > 0)
         length += np.bincount(a[sel], minlength=n) + np.bincount(b[sel], minlength=n)
-    length /= 2
     return length > 0, length
 
 

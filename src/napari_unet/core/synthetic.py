@@ -881,7 +881,8 @@ def synthetic_nuclei(
     debris : float, optional
         Unlabelled bright specks per 100 x 100 pixels of background (random 0-0.8).
     blur : float, optional
-        Gaussian PSF sigma in pixels where the sample is in focus (random 0.6-2.2).
+        Gaussian PSF sigma in pixels where the sample is in focus (random 0.6-2.2, at
+        most 0.4 + 0.3 times the typical radius: small nuclei mean a low magnification).
     defocus : float, optional
         Extra blur sigma in pixels at the most out-of-focus places and nuclei
         (0 = the same blur everywhere; random from 0 to a quarter of the typical
@@ -895,9 +896,10 @@ def synthetic_nuclei(
         Relative fall-off of the light at the edge of the field of view (random 0-0.5).
     photons : float, optional
         Expected photon count at a typical nucleus intensity: lower is noisier
-        (random 10-1500, log-uniform).
+        (random 10-3000, log-uniform).
     read_noise : float, optional
-        Gaussian noise std relative to a typical nucleus intensity (random 0-0.12).
+        Gaussian noise std relative to a typical nucleus intensity (random 0.003-0.12,
+        log-uniform).
     level : float, optional
         Intensity of a typical nucleus in the output, in output units above the
         offset (random per dtype: 12-110 for uint8; for uint16 8-bit data 12-110,
@@ -952,13 +954,13 @@ def synthetic_nuclei(
     texture = float(_pick(texture, p.uniform(0.03, 0.35)))
     nucleoli = _check_unit("nucleoli", _pick(nucleoli, p.uniform(0, 0.6)))
     debris = float(_pick(debris, p.uniform(0, 0.8)))
-    blur = float(_pick(blur, p.uniform(0.6, 2.2)))
+    blur_u = p.uniform(0.6, 2.2)
     defocus_u = p.uniform(0, 1)
     background = float(_pick(background, _log_uniform(p, 0.01, 0.6)))
     gradient = float(_pick(gradient, p.uniform(0, 0.5)))
     vignetting = _check_unit("vignetting", _pick(vignetting, p.uniform(0, 0.5)), upper=0.85)
-    photons = float(_pick(photons, _log_uniform(p, 10, 1500)))
-    read_noise = float(_pick(read_noise, p.uniform(0, 0.12)))
+    photons = float(_pick(photons, _log_uniform(p, 10, 3000)))
+    read_noise = float(_pick(read_noise, _log_uniform(p, 0.003, 0.12)))
     drawn_level, drawn_offset, saturation = _dynamic_range(dt, o)
     if invert:  # a bright field fills much of the range
         drawn_level = saturation * o.uniform(0.5, 0.9)
@@ -966,8 +968,8 @@ def synthetic_nuclei(
         saturation = None  # the dtype's range
     level = float(_pick(level, drawn_level))
     offset = float(_pick(offset, drawn_offset))
-    if photons <= 0 or read_noise < 0 or blur < 0 or background < 0:
-        raise ValueError("photons must be > 0; read_noise, blur and background >= 0")
+    if photons <= 0 or read_noise < 0 or background < 0:
+        raise ValueError("photons must be > 0; read_noise and background >= 0")
     if debris < 0 or texture < 0 or level <= 0 or offset < 0:
         raise ValueError("debris, texture and offset must be >= 0 and level > 0")
     haze = p.uniform(0, 0.25)
@@ -984,8 +986,9 @@ def synthetic_nuclei(
     r0 = _log_uniform(g, lo, hi)
     # the depth of field in pixels grows with the magnification, as the nuclei do
     defocus = float(_pick(defocus, defocus_u * min(3.0, 0.25 * r0)))
-    if defocus < 0:
-        raise ValueError(f"defocus must be >= 0, got {defocus}")
+    blur = float(_pick(blur, min(blur_u, 0.4 + 0.3 * r0)))
+    if defocus < 0 or blur < 0:
+        raise ValueError(f"blur and defocus must be >= 0, got {blur} and {defocus}")
     margin = hi
     if n_cells is None:
         area = (h + 2 * margin) * (w + 2 * margin)
@@ -1018,7 +1021,8 @@ def synthetic_nuclei(
     bright[is_mito] = np.exp(0.2 * t.standard_normal(int(is_mito.sum()))) * t.uniform(1.8, 3.5)
     edge = t.uniform(0.3, 1.0, m + 1)
     power = t.uniform(1.5, 6.0, m + 1)
-    tex_amp = texture * t.uniform(0.5, 1.5, m + 1)
+    # chromatin texture finer than the optics resolve fades in small (low-magnification) nuclei
+    tex_amp = texture * min(1.0, r0 / 8) * t.uniform(0.5, 1.5, m + 1)
     tex_amp[is_mito] = np.maximum(tex_amp[is_mito] * 1.5, 0.35)
     focus = np.where(t.random(m + 1) < out_of_focus, t.uniform(0.5, 1.0, m + 1), 0.0)
     focus[0] = 0.0
@@ -1046,7 +1050,7 @@ def synthetic_nuclei(
         count = int(round(k.uniform(0.5, 2.5) * m))
         holes = _spots(core, count, max(0.8, 0.14 * r0 * k.uniform(0.7, 1.3)), shape, k)
         signal *= 1 - nucleoli * np.clip(holes, 0, 1)
-    if chromocentres > 0:
+    if chromocentres > 0 and r0 >= 5:
         core = np.flatnonzero(interphase & (q < 0.85))
         count = int(round(k.uniform(2, 10) * m))
         dots = _spots(core, count, max(0.6, 0.06 * r0), shape, k)
