@@ -9,10 +9,12 @@ component. The result is fully determined by the seed.
 Three kinds of images are made (see :data:`KINDS`):
 
 ``"nuclei"`` (:func:`synthetic_nuclei`)
-    Fluorescence nuclei (DAPI/Hoechst-like): bright, textured, ellipse-like or
-    irregular blobs on a dark background, isolated, touching or in packed
-    clusters, with bright condensed mitotic cells, blur, uneven illumination,
-    out-of-focus haze, Poisson and Gaussian noise.
+    Widefield fluorescence nuclei (DAPI/Hoechst-like) of a range of sizes and
+    elongations, scattered or in colonies packed so tightly that they flatten
+    against each other along long contacts; chromatin texture, nucleoli, dim
+    nuclei next to bright ones, mitotic figures, debris; blur that varies across
+    the field, haze, uneven background, vignetting, Poisson-Gaussian camera
+    noise, and integer data that use only a part of their dtype's range.
 ``"membranes"`` (:func:`synthetic_membranes`)
     Packed cells outlined by their membranes: electron-microscopy-like (dark
     membranes, textured gray cytoplasm with organelles, as in the ISBI 2012 EM
@@ -725,8 +727,7 @@ def _mitoses(
     offset = normal * gap[:, None] / 2
     twin = {k: v[pairs].copy() for k, v in cells.items()}
     twin["phase"] = twin["phase"] + g.uniform(0, 2 * np.pi, twin["phase"].shape)
-    new_centres = np.concatenate([centres[:], centres[pairs] - offset])
-    centres = new_centres
+    centres = np.concatenate([centres, centres[pairs] - offset])
     centres[pairs] += offset
     cells = {k: np.concatenate([v, twin[k]]) for k, v in cells.items()}
     stage = np.concatenate([stage, np.full(pairs.size, 2)])
