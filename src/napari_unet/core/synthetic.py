@@ -900,7 +900,7 @@ def synthetic_nuclei(
         (random 10-3000, log-uniform).
     read_noise : float, optional
         Gaussian noise std relative to a typical nucleus intensity (random 0.003-0.12,
-        log-uniform).
+        log-uniform, and at least 0.7 / ``photons``: 0.7 electrons of read noise).
     level : float, optional
         Intensity of a typical nucleus in the output, in output units above the
         offset (random per dtype: 12-110 for uint8; for uint16 8-bit data 12-110,
@@ -961,7 +961,9 @@ def synthetic_nuclei(
     gradient = float(_pick(gradient, p.uniform(0, 0.5)))
     vignetting = _check_unit("vignetting", _pick(vignetting, p.uniform(0, 0.5)), upper=0.85)
     photons = float(_pick(photons, _log_uniform(p, 10, 3000)))
-    read_noise = float(_pick(read_noise, _log_uniform(p, 0.003, 0.12)))
+    # a camera's read noise is at least ~0.7 electrons: it also hides the steps of single
+    # photons in the output units when a photon is worth many of them
+    read_noise = float(_pick(read_noise, max(_log_uniform(p, 0.003, 0.12), 0.7 / photons)))
     drawn_level, drawn_offset, saturation = _dynamic_range(dt, o)
     if invert:  # a bright field fills much of the range
         drawn_level = saturation * o.uniform(0.5, 0.9)
