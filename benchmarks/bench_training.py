@@ -76,7 +76,7 @@ def step_speed(base: int, patch: int, batch: int | None, steps: int, device: str
     config = TrainConfig(patch_shape=patch, batch_size=batch, validation=0, device=device,
                          seed=0)
     trainer = Trainer(images, labels, model, config)
-    batches, _ = trainer.prepare()
+    batches = trainer.prepare().batches
     dev = trainer.device
     net = trainer.model.to(dev).train()
     amp = precision(dev)

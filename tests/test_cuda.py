@@ -68,7 +68,7 @@ def test_training_data_stays_on_the_gpu_and_batches_are_made_there():
     images, labels = _nuclei()
     trainer = Trainer(images, labels, UNet(depth=3, base_channels=8, dropout=0.0),
                       TrainConfig(device="cuda", validation=0, seed=0))
-    batches, _ = trainer.prepare()
+    batches = trainer.prepare().batches
     assert batches.storage.type == "cuda" and not batches.streamed
     assert batches.image.is_cuda and batches.centres.is_cuda
     in_shape, out_shape = io_shapes(trainer.model, (128, 128))
@@ -88,9 +88,9 @@ def test_streamed_training_data_gives_the_same_batches_as_the_cpu():
     net = UNet(depth=3, base_channels=8, dropout=0.0)
     streamed = Trainer(images, labels, net, TrainConfig(device="cuda", validation=0, seed=0))
     streamed.storage = "host"
-    gpu_batches, _ = streamed.prepare()
-    cpu_batches, _ = Trainer(images, labels, net,
-                             TrainConfig(device="cpu", validation=0, seed=0)).prepare()
+    gpu_batches = streamed.prepare().batches
+    cpu_batches = Trainer(images, labels, net,
+                          TrainConfig(device="cpu", validation=0, seed=0)).prepare().batches
     assert gpu_batches.streamed and gpu_batches.image.is_pinned()
     in_shape, out_shape = io_shapes(net, (96, 96))
     for _ in range(3):  # the second and third come from the batch made ahead

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gui import click
+from gui import choose, click
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -24,7 +24,9 @@ def test_training_with_every_default_on_the_sample_does_not_make_it_worse(
     viewer.open_sample("napari-unet", "nuclei")
     _, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train on current labels")
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment layer")
-    train.minutes.value = 0.5  # the only change: a short budget
+    # the only change: a short budget, in steps (a time budget would depend on the load)
+    choose(train.budget_kind, "steps")
+    train.steps.value = 60
     click(qtbot, train.train_button)
     assert train.running, train.status.value
     qtbot.waitUntil(lambda: not train.running, timeout=900_000)

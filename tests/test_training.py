@@ -180,7 +180,7 @@ def test_batches_ignore_unannotated_pixels_and_align_targets(nuclei):
     region[10:70, 5:60] = True
     geo = AugmentConfig().geometric_only()
     trainer = Trainer(image, labels, tiny(), TrainConfig(augment=geo, **FAST), region)
-    batches, _ = trainer.prepare()
+    batches = trainer.prepare().batches
     in_shape, out_shape = io_shapes(trainer.model, (32, 32))
     x, target, weight = batches.make(6, in_shape, out_shape)
     assert x.shape == (6, 1, *in_shape) and target.shape == weight.shape == (6, *out_shape)

@@ -33,7 +33,7 @@ def packed():
 def trainer_for(image, labels, region=None, model=None, **options):
     config = TrainConfig(device="cpu", validation=0, seed=0, **options)
     trainer = Trainer(image, labels, model or tiny(), config, region)
-    batches, _ = trainer.prepare()
+    batches = trainer.prepare().batches
     return trainer, batches
 
 

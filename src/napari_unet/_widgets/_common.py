@@ -17,7 +17,7 @@ from ..core.zoo import list_models
 __all__ = [
     "model_choices", "layer_region", "visible_region", "current_plane", "start_worker",
     "NEW_FILE", "models_changed", "shape_text", "scroll_area", "section", "wrap_label",
-    "DockLifetime", "share_dock_height",
+    "DockLifetime", "share_dock_height", "camera_of",
 ]
 
 NEW_FILE = "Model file…"
@@ -56,7 +56,8 @@ def current_plane(viewer: Any, layer: Any) -> tuple[int, ...]:
     return tuple(int(np.clip(round(point[a]), 0, shape[a] - 1)) for a in range(layer.ndim - 2))
 
 
-def _camera(viewer: Any) -> Any:
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera model (``viewer.scene.camera`` in napari >= 0.9)."""
     scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
     return scene.camera if scene is not None else viewer.camera
 
@@ -86,7 +87,7 @@ def visible_region(viewer: Any, layer: Any) -> tuple[slice, slice]:
         return pixels_in_view(corners, shape[-2:])  # type: ignore[return-value]
     if getattr(canvas, "grid", None) is not None and canvas.grid.enabled:
         size = canvas.viewbox_size(viewer.layers)
-    camera = _camera(viewer)
+    camera = camera_of(viewer)
     center = np.asarray(camera.center, float)[-2:]
     half = np.asarray(size, float)[-2:] / max(float(camera.zoom), 1e-12) / 2
     point = np.asarray(viewer.dims.point, float)

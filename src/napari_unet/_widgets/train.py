@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -42,6 +43,7 @@ from ._common import (
 )
 from ._plot import LossPlot
 from .annotate import is_regions_layer, layer_choices
+from .live import OUTLINES, PROBABILITY, LiveSession
 
 if TYPE_CHECKING:
     import napari
@@ -170,6 +172,15 @@ class TrainWidget(Container):
         budget = Container(widgets=[self.minutes, self.steps, self.budget_kind],
                            layout="horizontal", labels=False, label="stop after")
         budget.margins = (0, 0, 0, 0)
+        self.budget = budget
+        self.live = CheckBox(text="live: keep training while I paint", value=False,
+                             tooltip="training goes on until you stop it, takes in every "
+                                     "stroke within a second, and a 'live prediction' layer "
+                                     "shows what the model finds in the view now")
+        self.live_show = ComboBox(label="live prediction", choices=[OUTLINES, PROBABILITY],
+                                  value=OUTLINES, visible=False,
+                                  tooltip="show the cells the model finds now as outlines, "
+                                          "or its cell probability")
         self.train_button = PushButton(text="Train on current labels",
                                        tooltip="start training in the background; you can "
                                                "go on looking and painting")
@@ -209,7 +220,7 @@ class TrainWidget(Container):
                            labels=True)
         self.form = Container(widgets=[
             self.images, self.labels, self.regions, self.start, self.start_file, budget,
-            buttons, self.save_button, self.progress, self.status,
+            self.live, self.live_show, buttons, self.save_button, self.progress, self.status,
         ], labels=True)
         self.plot = LossPlot()
         layout = self.form.native.layout()
@@ -227,6 +238,7 @@ class TrainWidget(Container):
 
         self.start.changed.connect(lambda v: setattr(self.start_file, "visible", v == NEW_FILE))
         self.budget_kind.changed.connect(self._on_budget_kind)
+        self.live.changed.connect(self._on_live_toggled)
         self.train_button.changed.connect(self.train)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save_result)
@@ -254,6 +266,8 @@ class TrainWidget(Container):
         self._start_step = 0
         self._regions_used = False
         self._name = "model"
+        self.session: LiveSession | None = None
+        self._was_live = False
         self.reset_choices()
         self._on_model_selected(self.models.value)
 
@@ -299,9 +313,15 @@ class TrainWidget(Container):
         self.minutes.visible = kind == MINUTES
         self.steps.visible = kind == STEPS
 
+    def _on_live_toggled(self, live: bool) -> None:
+        self.budget.visible = not live
+        self.live_show.visible = live
+        self._reset_confirmation()
+
     def _reset_confirmation(self, *_: Any) -> None:
         self._confirmed = None
-        self.train_button.text = "Train on current labels"
+        self.train_button.text = ("Start live training" if self.live.value
+                                  else "Train on current labels")
 
     @property
     def running(self) -> bool:
@@ -417,11 +437,19 @@ class TrainWidget(Container):
                 show_warning(f"napari-unet: {warning}")
                 return
         self._reset_confirmation()
+        live = bool(self.live.value)
+        self._was_live = live
+        if live and len(images) != 1:
+            self._fail("live training follows one image and its labels: tick one image and "
+                       "one labels layer")
+            return
         try:
             model: Any = new_model() if start == "scratch" else start
-            limits = ({"max_time": float(self.minutes.value) * 60.0}
-                      if self.budget_kind.value == MINUTES
-                      else {"max_steps": int(self.steps.value)})
+            limits: dict[str, Any] = {}  # live: until stopped
+            if not live:
+                limits = ({"max_time": float(self.minutes.value) * 60.0}
+                          if self.budget_kind.value == MINUTES
+                          else {"max_steps": int(self.steps.value)})
             self.run = iter_train(images, labels, model, regions=regions,
                                   device=self.device.value, **limits)
         except (ValueError, OSError) as err:
@@ -445,10 +473,17 @@ class TrainWidget(Container):
         self.train_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
+        self.progress.visible = not live
+        self.cancel_button.text = "Stop" if live else "Cancel"
         self.status.value = "preparing…"
         self._started = time.perf_counter()
         self.worker = start_worker(work, on_yield=self._on_progress, on_return=lambda _: None,
                                    on_error=self._on_error, on_finish=self._on_finished)
+        if live:
+            self.session = LiveSession(
+                self.viewer, run, self.images.value[0], self.labels.value[0],
+                self.regions.value, rectangles_from_shapes, show=self.live_show.value,
+                device=self.device.value)
 
     def _fail(self, message: str) -> None:
         """One problem, said once: in the status line and in one notification."""
@@ -465,13 +500,21 @@ class TrainWidget(Container):
     def _on_dock_closed(self) -> None:
         """The dock was closed: stop the run, save nothing, forget the viewer."""
         models_changed.disconnect(self._refresh_models)
+        self._end_session()
         if self.worker is not None:
             self.worker.quit()
 
     # -------------------------------------------------------------- callbacks
+    def _end_session(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
     def _on_progress(self, p: Any) -> None:
         if self._lifetime.closed:
             return
+        if self.session is not None:
+            self.session.step_done(p.step)
         if p.phase == "prepare":
             self._start_step = int(p.step)
         if p.fraction is not None:
@@ -493,6 +536,10 @@ class TrainWidget(Container):
                 parts.append(f"validation F1 {self._last_val[1]:.2f}{best}")
             if p.eta is not None:
                 parts.append(f"{p.eta:.0f} s left")
+            if self.session is not None:
+                parts.insert(0, "live")
+                if p.labels_version:
+                    parts.append(f"{p.labels_version} edit(s) included")
             self.status.value = " · ".join(parts)
         if p.message and p.phase == "train" and "memory" in p.message:
             show_info(f"napari-unet: {p.message}")  # the batch or patch was made smaller
@@ -505,6 +552,9 @@ class TrainWidget(Container):
     def _on_finished(self) -> None:
         run, self.run = self.run, None
         self.worker = None
+        self._end_session()
+        self.progress.visible = True
+        self.cancel_button.text = "Cancel"
         if run is not None:
             run.close()  # after a cancel this makes the best model so far the result
         if self._lifetime.closed:
@@ -526,6 +576,8 @@ class TrainWidget(Container):
     def _report(self, summary: RunSummary) -> None:
         """Say truthfully how the run ended, which model was kept, and where it is."""
         why = _STOPPED.get(summary.stopped_reason, f"Stopped early: {summary.stopped_reason}")
+        if self._was_live and summary.stopped_reason == "cancelled":
+            why = "Live training stopped"
         head = f"{why} after {summary.steps} steps in {summary.seconds:.0f} s."
         cells = "" if summary.val_cells is None else f" on {summary.val_cells} held-out cells"
         if summary.kept_step is None:
@@ -541,6 +593,10 @@ class TrainWidget(Container):
             show_warning(f"napari-unet: training made the model worse on the held-out cells "
                          f"(validation F1 {summary.start_f1:.2f} at the start, "
                          f"{summary.last_f1:.2f} at the end).{hint}")
+        if self._was_live and summary.changed:  # offer, don't decide: the user painted along
+            self.save_button.visible = True
+            self.status.value = f"{head} {quality} 'Save this model' keeps it."
+            return
         if not summary.improved:
             self.save_button.visible = summary.changed
             if not summary.changed:

@@ -58,6 +58,51 @@ class TrainingRun(Generator[TrainProgress, None, TrainResult]):
         """A copy of the best model so far (the current one if none was validated yet)."""
         return self._trainer.best_copy()
 
+    def current_model(self, device: str | torch.device | None = None) -> UNet:
+        """A copy of the weights as they are now (for a live preview), on ``device``
+        (default the CPU); safe to call from another thread while training runs."""
+        return self._trainer.snapshot(device)
+
+    def update(self, image_index: int, labels: Any, region: Any = None) -> int:
+        """Give the running training new labels for one of its images (live training).
+
+        Safe to call from any thread while the run goes on: the labels are
+        checked at once (ValueError for a wrong shape or bad ids) and copied, and
+        the training thread takes them in between two steps, recomputing the
+        targets of the changed area only. New cells, erased cells and changed
+        regions all count. Cells painted in the held-out area are held out too.
+
+        Parameters
+        ----------
+        image_index : int
+            Which image of ``iter_train``'s ``images`` (0 for a single image).
+        labels : array
+            All the labels of that image, as they are now.
+        region : optional
+            Where they are complete, as for ``regions`` of :func:`iter_train`
+            (None: the whole image, or the whole labelled planes of a stack).
+
+        Returns
+        -------
+        int
+            The update's version; progress records carry ``labels_version``, the
+            last update training includes, and ``applied_version`` says it too.
+        """
+        return self._trainer.update(image_index, labels, region)
+
+    @property
+    def applied_version(self) -> int:
+        """The last label update that training includes (0: none yet)."""
+        t = self._trainer
+        return t._early_version if t.set is None else t.set.applied_version
+
+    @property
+    def update_times(self) -> dict[int, tuple[float, float]]:
+        """Per update version: when it was queued and when training took it in
+        (``time.perf_counter`` seconds)."""
+        t = self._trainer
+        return {} if t.set is None else dict(t.set.update_times)
+
 
 def iter_train(
     images: Any,

@@ -168,6 +168,9 @@ class DeviceBatches:
         self.train = put(train)
         self.centres = put(centres.astype(np.int64))
         self.table = PlaneTable.of([p.shape for p in planes], self.storage)
+        self.shapes = [tuple(p.shape) for p in planes]
+        self.offsets = np.concatenate([[0], np.cumsum([h * w for h, w in self.shapes])[:-1]])
+        self._host = host
         self.class_table = torch.as_tensor(list(class_table), dtype=torch.float32,
                                            device=self.storage)
         self.generator = torch.Generator(device=self.storage)
@@ -272,6 +275,50 @@ class DeviceBatches:
             self._pool.shutdown(wait=True)
             self._pool = None
             self._ahead = None
+
+    # ------------------------------------------------------------ changes
+    def _plane_view(self, buffer: torch.Tensor, k: int) -> torch.Tensor:
+        h, w = self.shapes[k]
+        o = int(self.offsets[k])
+        return buffer[o : o + h * w].view(h, w)
+
+    def _put(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.storage)
+
+    def write_plane(self, k: int, region: tuple[slice, slice], labels: np.ndarray,
+                    border: np.ndarray, train: np.ndarray) -> None:
+        """Write a plane's new cell ids and border term in ``region``, and its training mask."""
+        self._settle()
+        self._plane_view(self.labels, k)[region] = self._put(labels[region].astype(np.int32))
+        self._plane_view(self.border, k)[region] = self._put(border[region].astype(np.float32))
+        self.write_train(k, train)
+
+    def write_train(self, k: int, train: np.ndarray) -> None:
+        """Replace a plane's training mask (call :meth:`refresh_centres` after)."""
+        self._settle()
+        self._plane_view(self.train, k)[...] = self._put(np.asarray(train, bool))
+
+    def set_class_table(self, table: Sequence[float]) -> None:
+        """New class-balance weights ``w_c``."""
+        self.class_table = torch.as_tensor(list(table), dtype=torch.float32,
+                                           device=self.storage)
+
+    def refresh_centres(self) -> None:
+        """Draw patch centres among the training pixels as they are now (one host
+        synchronisation: call it when the labels changed, not per step)."""
+        self._settle()
+        centres = torch.nonzero(self.train).squeeze(1)
+        if centres.numel():
+            self.centres = centres
+            if self._host:
+                self.centres = self.centres.pin_memory()
+
+    def _settle(self) -> None:
+        """Wait for a batch being made ahead (it reads the buffers), and drop it."""
+        if self._ahead is not None:
+            self._ahead[1].result()
+            self._ahead = None
+            self.generator.set_state(self._before_ahead)
 
     # ------------------------------------------------------------ state
     def state(self) -> torch.Tensor:

@@ -10,6 +10,7 @@ runs during training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +20,12 @@ import numpy as np
 from ..labels import check_labels
 from ..normalize import Normalization
 from ..tiling import ImageLayout
-from ..weightmap import border_term, class_weight_table, target_classes
+from ..weightmap import border_term, class_weight_table, cutoff_distance, target_classes
 from .config import TrainConfig
 
 __all__ = ["Plane", "TrainingData", "as_list", "region_mask", "check_data", "prepare_planes",
-           "plane_targets", "class_weights"]
+           "plane_targets", "update_plane_targets", "class_weights", "plane_ids",
+           "annotated_area", "MAX_ID"]
 
 
 def as_list(value: Any, name: str) -> tuple[list[Any], bool]:
@@ -170,10 +172,27 @@ class Plane:
         return self.labels.shape  # type: ignore[return-value]
 
 
-def _renumber(labels: np.ndarray) -> np.ndarray:
-    """Consecutive ids 1..n (0 stays 0): small, exact in float32, cheap to index."""
+#: Cell ids up to this are kept as they are; larger ones are renumbered 1..n per plane.
+MAX_ID = 2**20
+
+
+def plane_ids(labels: np.ndarray) -> np.ndarray:
+    """The plane's cell ids as int32: kept when they are small (so that later edits of the
+    same labels keep their ids), else renumbered 1..n (0 stays 0)."""
+    if labels.size == 0 or int(labels.max()) <= MAX_ID:
+        return labels.astype(np.int32, copy=False)
     ids, inverse = np.unique(labels, return_inverse=True)
     return (inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)).astype(np.int32)
+
+
+def annotated_area(labels: np.ndarray, region: np.ndarray | None) -> np.ndarray | None:
+    """Where one plane's labels are complete: its region, else the whole plane when it has
+    labels, else None (nothing to train on in this plane)."""
+    if region is not None and region.any():
+        return np.array(region, dtype=bool)
+    if labels.any():
+        return np.ones(labels.shape, dtype=bool)
+    return None
 
 
 def prepare_planes(data: TrainingData, normalization: Normalization,
@@ -187,11 +206,8 @@ def prepare_planes(data: TrainingData, normalization: Normalization,
         for z in range(layout.n_planes):
             lab2 = lab[z] if stack else lab
             reg2 = None if region is None else (region[z] if stack else region)
-            if reg2 is not None and reg2.any():
-                annotated = np.array(reg2, dtype=bool)
-            elif lab2.any():
-                annotated = np.ones(lab2.shape, dtype=bool)
-            else:
+            annotated = annotated_area(lab2, reg2)
+            if annotated is None:
                 continue
             name = f"image {i}" + (f", plane {z}" if stack else "")
             sample = layout.read(img, z, *layout.sample_slices(), in_channels)
@@ -206,7 +222,7 @@ def prepare_planes(data: TrainingData, normalization: Normalization,
                     f"{name} contains NaN or infinite values; replace them (for example "
                     "with numpy.nan_to_num) before training"
                 )
-            labels = _renumber(np.where(annotated, lab2, 0))
+            labels = plane_ids(np.where(annotated, lab2, 0))
             planes.append(Plane(image.astype(np.float32, copy=False), labels, annotated, name,
                                 (i, z)))
     return planes
@@ -223,6 +239,29 @@ def plane_targets(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, 
     """
     classes, cells = target_classes(labels, gap=config.gap, mode=config.target_mode)
     return classes, border_term(cells, config.w0, config.sigma, inside_cells=True)
+
+
+def update_plane_targets(labels: np.ndarray, classes: np.ndarray, border: np.ndarray,
+                         box: tuple[slice, slice], config: TrainConfig) -> tuple[slice, slice]:
+    """Bring a plane's targets up to date after its labels changed inside ``box``.
+
+    Only the neighbourhood of the edit is recomputed: the pixels whose class or
+    border term can change (``box`` grown by the border term's reach and the
+    gap), from the labels around them (grown once more). ``classes`` and
+    ``border`` are changed in place and equal :func:`plane_targets` of the new
+    labels. Returns the region that was rewritten.
+    """
+    h, w = labels.shape
+    grow = int(math.ceil(cutoff_distance(config.sigma))) + 2 + config.gap
+    inner = [(max(s.start - grow, 0), min(s.stop + grow, n)) for s, n in zip(box, (h, w))]
+    outer = [(max(a - grow, 0), min(b + grow, n)) for (a, b), n in zip(inner, (h, w))]
+    window = (slice(*outer[0]), slice(*outer[1]))
+    cls, border_w = plane_targets(labels[window], config)
+    cut = tuple(slice(a - o[0], b - o[0]) for (a, b), o in zip(inner, outer))
+    region = (slice(*inner[0]), slice(*inner[1]))
+    classes[region] = cls[cut]
+    border[region] = border_w[cut]
+    return region
 
 
 def class_weights(classes: Sequence[np.ndarray], masks: Sequence[np.ndarray],

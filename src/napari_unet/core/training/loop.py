@@ -10,8 +10,8 @@ weights back to the last record's.
 
 from __future__ import annotations
 
-import datetime
 import math
+import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from .._utils import resolve_device
-from ..cellsize import median_cell_diameter
 from ..checkpoints import save_model
+from ..labels import check_labels
 from ..memory import Backoff, OutOfDeviceMemory, is_out_of_memory
 from ..model import UNet, copy_model
 from . import config as cfg_module
-from .batches import DeviceBatches
 from .checkpoint import (
     BEST_MODEL_NAME,
     checkpoint_history,
@@ -35,8 +34,8 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import TrainConfig
-from .data import check_data, class_weights, plane_targets, prepare_planes
-from .records import TrainProgress, TrainResult
+from .data import check_data, region_mask
+from .records import TrainProgress, TrainResult, training_metadata
 from .setup import (
     io_shapes,
     lr_factor,
@@ -47,9 +46,9 @@ from .setup import (
     smaller_patch,
     start_model,
 )
-from .split import split_validation
 from .step import train_step
-from .validate import make_window, validate
+from .trainset import TrainingSet
+from .validate import validate
 
 __all__ = ["Trainer"]
 
@@ -89,47 +88,32 @@ class Trainer:
         self.data = check_data(images, labels, regions, start.in_channels)
         self.best: dict[str, Any] | None = None
         self.start_val_f1: float | None = None
-        self.val_cells: int | None = None
-        self.cell_diameter: float | None = None
-        self.n_planes = 0
+        self.set: TrainingSet | None = None
+        self._update_lock = threading.Lock()
+        self._early_version = 0
         #: Where the training data is kept: "auto", "device" or "host" (see DeviceBatches).
         self.storage = "auto"
-        self.plane_shapes: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------ preparation
-    def prepare(self) -> tuple[DeviceBatches, list]:
+    def prepare(self) -> TrainingSet:
         """Planes, validation split, targets (once), validation windows, device batches."""
-        c = self.config
-        planes = prepare_planes(self.data, self.model.normalization, self.model.in_channels)
-        if not planes:
-            raise ValueError(
-                "nothing to train on: every label image is empty (all 0) and no region marks "
-                "an annotated area; paint some cells, or mark where the labels (even all "
-                "background) are complete"
-            )
-        split = split_validation([p.labels for p in planes], [p.annotated for p in planes],
-                                 c.validation, self.seed)
-        targets = [plane_targets(p.labels, c) for p in planes]
-        keep = [k for k, m in enumerate(split.train) if m.any()]
-        if not keep:
-            raise ValueError("all the annotation was held out for validation; annotate more, "
-                             "or train without validation")
-        table = class_weights([targets[k][0] for k in keep], [split.train[k] for k in keep],
-                              c.n_classes)
-        windows = [make_window(p.image, p.labels, split.val[k], *targets[k], table,
-                               self.model.margin)
-                   for k, p in enumerate(planes) if split.val[k] is not None]
-        self.val_cells = sum(w.n_cells for w in windows) if windows else None
-        self.n_planes = len(keep)
-        sizes = [median_cell_diameter(p.labels) for p in planes if p.labels.any()]
-        self.cell_diameter = round(float(np.median(sizes)), 1) if sizes else None
-        self.plane_shapes = [planes[k].shape for k in keep]
-        batches = DeviceBatches(
-            [planes[k] for k in keep], [split.train[k] for k in keep],
-            [targets[k][1] for k in keep], table, gap=c.gap, mode=c.target_mode,
-            augment=c.augment, device=self.device, seed=self.seed, storage=self.storage,
-        )
-        return batches, windows
+        with self._update_lock:
+            self.set = TrainingSet(self.data, self.model, self.config, self.seed, self.device,
+                                   self.storage)
+            self.set.queued_version = self.set.applied_version = self._early_version
+        return self.set
+
+    @property
+    def val_cells(self) -> int | None:
+        return None if self.set is None else self.set.val_cells
+
+    @property
+    def n_planes(self) -> int:
+        return 0 if self.set is None else self.set.n_planes
+
+    @property
+    def plane_shapes(self) -> list[tuple[int, int]]:
+        return [] if self.set is None else self.set.plane_shapes
 
     # ------------------------------------------------------------------ run
     def run(self) -> Generator[TrainProgress, None, TrainResult]:  # noqa: C901 - the loop
@@ -140,7 +124,8 @@ class Trainer:
         elapsed0 = 0.0 if ck is None else float(ck["elapsed"])
         yield TrainProgress(step, c.max_steps, 0.0, phase="prepare",
                             message="preparing the training data")
-        batches, windows = self.prepare()
+        tset = self.prepare()
+        batches, windows = tset.batches, tset.windows
         model = self.model.to(dev).train()
         amp = precision(dev)
         patch, batch = patch_and_batch(model, self.plane_shapes, c, dev, amp)
@@ -177,6 +162,7 @@ class Trainer:
         last = {"val_step": step, "val_time": 0.0, "val_seconds": None, "ckpt_step": step,
                 "time": time.perf_counter(), "step": step}
         good = [p.detach().clone() for p in model.parameters()]  # weights at the last record
+        stale = False  # the held-out cells changed since the kept model was measured
         acc, acc_n = torch.zeros((), device=dev), 0
 
         def elapsed() -> float:
@@ -194,7 +180,7 @@ class Trainer:
             base = {"step": st["step"], "total": c.max_steps, "elapsed": e, "eta": eta,
                     "best_val_f1": best, "batch_size": st["batch"],
                     "patch_shape": tuple(st["patch"]),
-                    "val_cells": self.val_cells}
+                    "val_cells": self.val_cells, "labels_version": tset.applied_version}
             return TrainProgress(**{**base, **kw})
 
         def validation(rec: TrainProgress) -> Generator[TrainProgress, None, tuple]:
@@ -208,6 +194,23 @@ class Trainer:
             last.update(val_seconds=time.perf_counter() - t, val_time=time.perf_counter(),
                         val_step=st["step"])
             return result
+
+        def revalidate() -> Generator[TrainProgress, None, None]:
+            """The held-out cells changed: measure the kept and the start model again."""
+            nonlocal stale
+            stale = False
+            for which in ("best", "start"):
+                if which == "best" and self.best is None or which == "start" and (
+                        self.start_val_f1 is None):
+                    continue
+                twin = copy_model(self.start_model) if which == "start" else self.best_copy()
+                vl, vf = yield from validate(twin.to(dev), windows, dev, c.gap + 1,
+                                             lambda text: record(phase="validate",
+                                                                 message=text))
+                if which == "start":
+                    self.start_val_f1 = vf
+                else:
+                    self.best.update(val_f1=vf, val_loss=vl)  # type: ignore[union-attr]
 
         def keep_if_better(val_loss: float, val_f1: float) -> None:
             if self.best is None or (val_f1, -val_loss) > (self.best["val_f1"],
@@ -255,6 +258,12 @@ class Trainer:
                 yield record(val_loss=vl, val_f1=vf, best_val_f1=vf,
                              message="validation of the starting model")
             while True:
+                if tset.has_pending:  # labels changed (live training): between two steps
+                    applied = tset.apply()
+                    batches, windows = tset.batches, tset.windows
+                    stale |= applied.validation_changed
+                    message = applied.message or message or (
+                        f"your edits are included (update {applied.version})")
                 if c.max_steps is not None and st["step"] >= c.max_steps:
                     stopped = "max_steps"
                     break
@@ -310,6 +319,8 @@ class Trainer:
                 acc, acc_n = torch.zeros((), device=dev), 0
                 val_loss = val_f1 = None
                 if due_val:
+                    if stale:
+                        yield from revalidate()
                     val_loss, val_f1 = yield from validation(record(loss=mean, lr=lr))
                     keep_if_better(val_loss, val_f1)
                 rec = record(loss=mean, lr=lr, val_loss=val_loss, val_f1=val_f1,
@@ -336,6 +347,33 @@ class Trainer:
                 save_checkpoint()
         return self.result
 
+    # ------------------------------------------------------------ live changes
+    def update(self, image_index: int, labels: Any, region: Any = None) -> int:
+        """Queue new labels for an image (see :meth:`TrainingRun.update`)."""
+        if self.result is not None:
+            raise RuntimeError("this training run has ended; start a new one")
+        with self._update_lock:
+            if self.set is None:  # not prepared yet: the new labels are the data
+                i = int(image_index)
+                if not 0 <= i < len(self.data.labels):
+                    raise ValueError(f"image_index {image_index} is not one of the "
+                                     f"{len(self.data.labels)} images of this run")
+                lab = check_labels(labels, f"labels {i}")
+                if lab.shape != self.data.labels[i].shape:
+                    raise ValueError(f"labels {i} now have shape {lab.shape} but the image's "
+                                     f"labels had {self.data.labels[i].shape}; give labels of "
+                                     "the same size")
+                self.data.labels[i] = np.array(lab, copy=True)
+                self.data.regions[i] = region_mask(region, lab.shape, i)
+                self._early_version += 1
+                return self._early_version
+            return self.set.queue(image_index, labels, region)
+
+    def snapshot(self, device: Any = None) -> UNet:
+        """A copy of the current weights, in evaluation mode (for a live preview)."""
+        twin = copy_model(self.model).eval()
+        return twin if device is None else twin.to(resolve_device(device))
+
     # ------------------------------------------------------------ helpers
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -352,41 +390,19 @@ class Trainer:
 
     def _final_model(self, stopped: str, seconds: float) -> UNet:
         out = self.best_copy()
-        c = self.config
-        last_val = next((h for h in reversed(self.history) if h.val_f1 is not None), None)
-        losses = [h.loss for h in self.history[-20:] if h.loss is not None]
-        meta = dict(out.metadata)
-        meta.pop("path", None)
-        previous = meta.pop("training", None)
-        if previous:
-            meta.setdefault("training_history", []).append(previous)
-        meta["target"] = {"mode": c.target_mode, "gap": c.gap, "w0": c.w0, "sigma": c.sigma}
-        if self.cell_diameter:  # the cells it was tuned on (Segment's "cell diameter")
-            meta["cell_diameter"] = self.cell_diameter
         best = self.best or {}
-        meta["training"] = {
+        facts = {
             "steps": self.history[-1].step if self.history else 0,
-            "seconds": round(seconds, 1),
-            "device": str(self.device),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "n_images": len(self.data.images),
-            "n_planes": self.n_planes,
-            "started_from": self.started_from,
-            "optimizer": c.optimizer,
-            "lr": c.peak_lr,
-            "loss": c.loss,
-            "final_loss": float(np.mean(losses)) if losses else None,
-            "best_val_f1": best.get("val_f1"),
-            "best_val_loss": best.get("val_loss"),
-            "best_step": best.get("step"),
-            "final_val_f1": None if last_val is None else last_val.val_f1,
-            "start_val_f1": self.start_val_f1,
-            "val_cells": self.val_cells,
-            "seed": self.seed,
-            "augment": bool(c.augment.is_geometric or c.augment.is_intensity),
-            "stopped_reason": stopped,
+            "seconds": round(seconds, 1), "device": str(self.device),
+            "n_images": len(self.data.images), "n_planes": self.n_planes,
+            "started_from": self.started_from, "best_val_f1": best.get("val_f1"),
+            "best_val_loss": best.get("val_loss"), "best_step": best.get("step"),
+            "start_val_f1": self.start_val_f1, "val_cells": self.val_cells,
+            "seed": self.seed, "stopped_reason": stopped,
         }
-        out.metadata = meta
+        out.metadata = training_metadata(
+            out.metadata, self.config, self.history, facts,
+            None if self.set is None else self.set.cell_diameter)
         return out
 
     def _finish(self, stopped: str, seconds: float, ckpt_dir: Path | None) -> TrainResult:

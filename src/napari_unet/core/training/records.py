@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..model import UNet
 
-__all__ = ["TrainProgress", "TrainResult", "record_to_dict", "record_from_dict"]
+__all__ = ["TrainProgress", "TrainResult", "record_to_dict", "record_from_dict",
+           "training_metadata"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class TrainProgress:
         Notices, for example that the batch was halved after running out of memory.
     steps_per_second : float or None
         Training speed over the steps since the previous record.
+    labels_version : int
+        The last label update (:meth:`TrainingRun.update`) training includes.
     """
 
     step: int
@@ -64,6 +68,7 @@ class TrainProgress:
     phase: str = "train"
     message: str | None = None
     steps_per_second: float | None = None
+    labels_version: int = 0
 
     @property
     def fraction(self) -> float | None:
@@ -136,3 +141,32 @@ def record_from_dict(d: dict[str, Any]) -> TrainProgress:
     d = {k: v for k, v in d.items() if k in names}
     d["patch_shape"] = tuple(d.get("patch_shape", (0, 0)))
     return TrainProgress(**d)
+
+
+def training_metadata(metadata: dict[str, Any], config: Any, history: list[TrainProgress],
+                      facts: dict[str, Any], cell_diameter: float | None) -> dict[str, Any]:
+    """A trained model's metadata: the start model's, its earlier training record moved to
+    ``training_history``, the targets it learned, the cell size it was tuned on, and this
+    run's record (``facts`` plus the settings and final figures)."""
+    meta = dict(metadata)
+    meta.pop("path", None)
+    previous = meta.pop("training", None)
+    if previous:
+        meta.setdefault("training_history", []).append(previous)
+    c = config
+    meta["target"] = {"mode": c.target_mode, "gap": c.gap, "w0": c.w0, "sigma": c.sigma}
+    if cell_diameter:  # the cells it was tuned on (Segment's "cell diameter")
+        meta["cell_diameter"] = cell_diameter
+    last_val = next((h for h in reversed(history) if h.val_f1 is not None), None)
+    losses = [h.loss for h in history[-20:] if h.loss is not None]
+    meta["training"] = {
+        **facts,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "optimizer": c.optimizer,
+        "lr": c.peak_lr,
+        "loss": c.loss,
+        "final_loss": float(sum(losses) / len(losses)) if losses else None,
+        "final_val_f1": None if last_val is None else last_val.val_f1,
+        "augment": bool(c.augment.is_geometric or c.augment.is_intensity),
+    }
+    return meta

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "split_validation", "MIN_CELLS", "TARGET_CELLS"]
+__all__ = ["Split", "split_validation", "apply_area", "MIN_CELLS", "TARGET_CELLS"]
 
 #: With fewer painted cells than this, nothing is held out for validation.
 MIN_CELLS = 8
@@ -29,12 +29,14 @@ TARGET_CELLS = 30
 
 @dataclass
 class Split:
-    """Per plane: the pixels to train on and those held out (None: none)."""
+    """Per plane: the pixels to train on, those held out (None: none), and the held-out
+    area (the chosen tiles; None: none), which stays when labels change later."""
 
     train: list[np.ndarray]
     val: list[np.ndarray | None]
     val_cells: int
     cells: int
+    areas: list[np.ndarray | None] | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -126,15 +128,33 @@ def split_validation(
         held += len(ids)
     if held == 0:
         return Split(train, val, 0, cells)
+    areas: list[np.ndarray | None] = [None] * len(labels)
     for p, tiles in chosen.items():
-        lab, ann = labels[p], annotated[p]
-        val_ids = np.zeros(int(lab.max()) + 1, bool)
-        area = np.zeros(lab.shape, bool)
-        for i, j, ids in tiles:
-            val_ids[ids] = True
+        area = np.zeros(labels[p].shape, bool)
+        for i, j, _ in tiles:
             area[i * side:(i + 1) * side, j * side:(j + 1) * side] = True
-        in_val = val_ids[lab]
-        mask = ann & ((area & (lab == 0)) | in_val)
-        val[p] = mask
-        train[p] = ann & ~mask
-    return Split(train, val, held, cells)
+        areas[p] = area
+        train[p], val[p], _ = apply_area(labels[p], annotated[p], area, min_size)
+    return Split(train, val, held, cells, areas)
+
+
+def apply_area(labels: np.ndarray, annotated: np.ndarray, area: np.ndarray | None,
+               min_size: int = 16) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(train mask, held-out mask or None, held-out cells) of one plane for a held-out area.
+
+    The cells whose centre lies in ``area`` are held out whole, with the
+    background of the area; everything else annotated is for training. Used for
+    the first split and again whenever the labels change (live training), so the
+    held-out area stays where it was.
+    """
+    if area is None:
+        return annotated.copy(), None, 0
+    ids, rr, cc = _centres(labels, min_size)
+    inside = area[rr.astype(np.int64), cc.astype(np.int64)] if ids.size else np.zeros(0, bool)
+    val_ids = np.zeros(int(labels.max()) + 1, bool)
+    val_ids[ids[inside]] = True
+    small = np.bincount(labels.ravel(), minlength=len(val_ids)) < max(min_size, 1)
+    small[0] = False
+    in_val = val_ids[labels]
+    mask = annotated & ((area & ((labels == 0) | small[labels])) | in_val)
+    return annotated & ~mask, mask, int(inside.sum())
