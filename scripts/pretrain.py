@@ -20,22 +20,34 @@ Fine-tuning check (a few dozen labelled cells of one new image, then F1 on the
 rest of it; compares out of the box, fine-tuned, and a new network)::
 
     python scripts/pretrain.py finetune src/napari_unet/models/default.pt --seconds 120
+
+The held-out sets themselves (the same seeds as ``evaluate``): their statistics
+(nuclei, touching share, contact length, coverage) and a digest that shows they
+are reproduced exactly, optionally written as TIFF images and labels::
+
+    python scripts/pretrain.py heldout -o /tmp/heldout
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import re
+import shutil
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from napari_unet import iter_train, load_model, metrics, save_model, segment
+from napari_unet.core.cellsize import median_cell_diameter
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
 
@@ -45,8 +57,10 @@ POOL_SHAPE = (384, 384)
 DTYPES = ("uint8", "uint16", "float32")
 
 _KIND_TEXT = {
-    "nuclei": "fluorescence nuclei (radius 4-26 px, scattered or clustered, touching, mitotic, "
-              "textured, blurred, unevenly lit, Poisson and Gaussian noise)",
+    "nuclei": "widefield fluorescence nuclei (radius 4-26 px, scattered or in colonies packed "
+              "so that they flatten against each other, mitotic figures, chromatin texture, "
+              "nucleoli, dim next to bright, debris, defocus varying across the field, uneven "
+              "background, vignetting, Poisson-Gaussian camera noise)",
     "membranes": "packed cells outlined by membranes (EM-like dark membranes or membrane-stain "
                  "bright outlines, cell radius 8-24 px)",
     "phase": "phase-contrast-like cells with halos (radius 8-20 px)",
@@ -57,7 +71,8 @@ def trained_on(shares: dict[str, float]) -> str:
     """The plain-words description of the pool stored in the model's metadata."""
     kinds = [f"{round(100 * v)}% {_KIND_TEXT[k]}" for k, v in shares.items() if v > 0]
     return ("Synthetic microscopy made by napari_unet.core.synthetic only (no real images): "
-            + "; ".join(kinds) + "; uint8, 12-bit uint16 and float32 images of 384x384 px; "
+            + "; ".join(kinds) + "; uint8, uint16 (8-, 12- and 16-bit data) and float32 "
+            "images of 384x384 px; "
             "random elastic, flip, rotation, scale and gray-value augmentation.")
 
 
@@ -103,6 +118,11 @@ def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = No
     return [images[j] for j in order], [labels[j] for j in order], counts
 
 
+def pool_cell_diameter(labels: list[np.ndarray]) -> float:
+    """The median over the pool's images of each image's median cell diameter (pixels)."""
+    return round(float(np.median([median_cell_diameter(lab) for lab in labels if lab.any()])), 1)
+
+
 def description(shares: dict[str, float]) -> str:
     """What the model is for, in one sentence (stored in its metadata)."""
     what = {"nuclei": "nuclei in 2-D fluorescence images", "membranes": "membrane-outlined cells",
@@ -124,7 +144,9 @@ def recipe(a: argparse.Namespace) -> str:
 # --------------------------------------------------------------------- held-out sets
 
 #: Held-out test conditions per kind: name, generator arguments, whether the
-#: condition lies outside the training distribution.
+#: condition lies outside the training distribution. "packed clusters" are colonies
+#: pressed together: nearly every nucleus touches others, flattened along contacts
+#: longer than its radius (see the ``heldout`` command for the figures).
 HELDOUT: dict[str, list[tuple[str, dict[str, Any], bool]]] = {
     "nuclei": [
         ("as in training", {"radius": (4.0, 26.0)}, False),
@@ -148,12 +170,41 @@ HELDOUT: dict[str, list[tuple[str, dict[str, Any], bool]]] = {
 }
 
 
+HELDOUT_SHAPE = (384, 384)
+
+
 def heldout_images(kind: str, kw: dict[str, Any], n: int, seed: int,
-                   shape: tuple[int, int] = (384, 384)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                   shape: tuple[int, int] = HELDOUT_SHAPE
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``n`` held-out samples: seeds far from the training pool's stream."""
     root = np.random.SeedSequence([seed, 10_000])
     for child in root.spawn(n):
         yield make_sample(kind, shape, seed=np.random.default_rng(child), **kw)
+
+
+def heldout_stats(labels: list[np.ndarray]) -> dict[str, float]:
+    """Packing of a held-out set: nuclei per image, share of nuclei touching another,
+    median contact length of a touching nucleus over its equivalent radius, coverage."""
+    n = touching = 0
+    ratios: list[float] = []
+    cover = 0.0
+    for lab in labels:
+        m = int(lab.max()) + 1
+        length = np.zeros(m)
+        for a, b in ((lab[1:], lab[:-1]), (lab[:, 1:], lab[:, :-1])):
+            sel = (a != b) & (a > 0) & (b > 0)
+            length += np.bincount(a[sel], minlength=m) + np.bincount(b[sel], minlength=m)
+        radius = np.sqrt(np.bincount(lab.ravel(), minlength=m) / np.pi)
+        present = radius[1:] > 0
+        n += int(present.sum())
+        hit = (length[1:] > 0) & present
+        touching += int(hit.sum())
+        ratios += list(length[1:][hit] / radius[1:][hit])
+        cover += float((lab > 0).mean())
+    return {"nuclei per image": n / max(len(labels), 1),
+            "touching %": 100 * touching / max(n, 1),
+            "contact / radius": float(np.median(ratios)) if ratios else 0.0,
+            "coverage %": 100 * cover / max(len(labels), 1)}
 
 
 def evaluate(model: Any, n: int = 6, seed: int = 7) -> dict[str, dict[str, float]]:
@@ -228,6 +279,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         "pretraining_seconds": round(seconds, 1),
         "heldout_f1": {k: {c: round(v, 4) for c, v in d.items()} for k, d in heldout.items()},
         "heldout_eval_seconds": round(time.perf_counter() - t1, 1),
+        # the cell size the model knows best: Segment layer's "cell diameter" rescales to it
+        "cell_diameter": pool_cell_diameter(labels),
     }
     best.metadata["training"]["started_from"] = "new"  # a new network, not a model file
     path = save_model(best, a.output, weights_dtype="float16", **meta)
@@ -300,6 +353,54 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def cmd_heldout(a: argparse.Namespace) -> int:
+    """Statistics and digests of the held-out sets; with -o, write them as TIFFs."""
+    from napari_unet.io import write_image
+
+    out = Path(a.output) if a.output else None
+    partial = None
+    if out is not None:
+        if out.exists() and not a.overwrite:
+            print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
+            return 2
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+    print(f"{'kind':10s} {'condition':28s} {'nuclei/img':>10s} {'touching %':>10s} "
+          f"{'contact/r':>9s} {'cover %':>7s}  digest")
+    for kind, conditions in HELDOUT.items():
+        for name, kw, _novel in conditions:
+            digest = hashlib.sha256()
+            labels = []
+            for i, (image, lab) in enumerate(heldout_images(kind, kw, a.images, a.seed)):
+                digest.update(image.tobytes())
+                digest.update(lab.tobytes())
+                labels.append(lab)
+                if partial is not None:
+                    folder = partial / kind / _slug(name)
+                    write_image(folder / f"image_{i:03d}.tif", image)
+                    write_image(folder / f"labels_{i:03d}.tif", lab)
+            st = heldout_stats(labels)
+            print(f"{kind:10s} {name:28s} {st['nuclei per image']:10.0f} {st['touching %']:10.0f} "
+                  f"{st['contact / radius']:9.2f} {st['coverage %']:7.0f}  "
+                  f"{digest.hexdigest()[:12]}", flush=True)
+    if out is not None and partial is not None:
+        (partial / "README.txt").write_text(
+            f"Held-out sets of scripts/pretrain.py: {a.images} images per condition, seed "
+            f"{a.seed}, {HELDOUT_SHAPE[0]}x{HELDOUT_SHAPE[1]} px; image_NNN.tif with its exact "
+            "labels labels_NNN.tif, one folder per kind and condition.\n")
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -334,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=11)
     f.add_argument("--only", nargs="*", help="run only these conditions (by name)")
     f.set_defaults(func=cmd_finetune)
+    h = sub.add_parser("heldout", help="statistics and digests of the held-out sets; with -o, "
+                       "write them as TIFF images and labels")
+    h.add_argument("-o", "--output", default=None, help="folder to write the sets to")
+    h.add_argument("--images", type=int, default=6)
+    h.add_argument("--seed", type=int, default=7)
+    h.add_argument("--overwrite", action="store_true")
+    h.set_defaults(func=cmd_heldout)
     a = p.parse_args(argv)
     return a.func(a)
 

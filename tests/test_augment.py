@@ -10,12 +10,17 @@ from scipy import ndimage as ndi
 
 from napari_unet.core.augment import (
     AugmentConfig,
+    Geometry,
+    PlaneTable,
     augment_intensity,
     augment_pair,
-    sample_geometry,
-    sampling_grid,
-    warp,
+    gather_bilinear,
+    gather_nearest,
+    random_geometry,
+    reflect,
+    source_coordinates,
 )
+from napari_unet.core.tiling import reflect_index
 
 
 @pytest.fixture
@@ -80,34 +85,64 @@ def test_large_ids_survive_nearest_sampling():
     assert set(np.unique(out)) <= {0, 2**40 + 3, 123_456_789}
 
 
-def test_grid_identity_samples_pixel_centres():
-    geo = sample_geometry(2, AugmentConfig.off(), np.random.default_rng(0))
-    x = torch.arange(2 * 1 * 12 * 10, dtype=torch.float32).reshape(2, 1, 12, 10)
-    grid = sampling_grid(geo, (12, 10), (8, 6))
-    out = warp(x, grid, "nearest")
-    torch.testing.assert_close(out, x[:, :, 2:10, 2:8])
-    torch.testing.assert_close(warp(x, grid, "bilinear"), x[:, :, 2:10, 2:8], atol=1e-3,
-                               rtol=0)
+def test_identity_reads_pixel_centres_exactly_from_planes_of_any_size():
+    """Two planes of different sizes in one flat buffer; patches read from both."""
+    a = torch.arange(12 * 10, dtype=torch.float32).reshape(12, 10)
+    b = 1000 + torch.arange(7 * 9, dtype=torch.float32).reshape(7, 9)
+    flat = torch.cat([a.ravel(), b.ravel()])
+    table = PlaneTable.of([(12, 10), (7, 9)])
+    plane = torch.tensor([0, 1])
+    centres = torch.tensor([[6, 5], [3, 4]])
+    coords = source_coordinates(Geometry.identity(2), centres, (8, 6))
+    near = gather_nearest(flat, table, plane, coords)
+    torch.testing.assert_close(near[0], a[2:10, 2:8])
+    rows = reflect_index(np.arange(-1, 7), 7)
+    cols = reflect_index(np.arange(1, 7), 9)
+    torch.testing.assert_close(near[1], b[rows[:, None], cols[None, :]])  # mirrored at the top
+    torch.testing.assert_close(gather_bilinear(flat, table, plane, coords), near)
 
 
-def test_source_padding_covers_the_transformed_patch():
+def test_reflection_matches_tiled_prediction_padding():
+    idx = torch.arange(-25, 40)
+    for n in (1, 2, 5, 13):
+        np.testing.assert_array_equal(reflect(idx, n).numpy(), reflect_index(idx.numpy(), n))
+
+
+def test_bilinear_interpolates_and_nearest_only_copies(rng):
+    plane = torch.from_numpy(rng.random((20, 30)).astype(np.float32))
+    table = PlaneTable.of([(20, 30)])
+    coords = torch.tensor([[5.25, 7.5]]).reshape(1, 2, 1, 1)
+    value = gather_bilinear(plane.ravel(), table, torch.tensor([0]), coords)[0, 0, 0]
+    expected = (0.75 * (plane[5, 7] + plane[5, 8]) / 2 + 0.25 * (plane[6, 7] + plane[6, 8]) / 2)
+    torch.testing.assert_close(value, expected)
+    geo = random_geometry(8, AugmentConfig(), torch.Generator().manual_seed(0))
+    coords = source_coordinates(geo, torch.full((8, 2), 10), (16, 16))
+    near = gather_nearest(plane.ravel(), table, torch.zeros(8, dtype=torch.long), coords)
+    assert set(near.unique().tolist()) <= set(plane.ravel().tolist())
+
+
+def test_random_geometry_is_reproducible_and_varied():
     cfg = AugmentConfig()
-    pad = cfg.source_padding((100, 100))
-    src = (100 + 2 * pad[0], 100 + 2 * pad[1])
-    rng = np.random.default_rng(0)
-    geo = sample_geometry(64, cfg, rng)
-    grid = sampling_grid(geo, src, (100, 100))
-    assert grid.abs().max() <= 1.0, "no sample point falls outside the window read"
-    assert AugmentConfig.off().source_padding((50, 60)) == (0, 0)
+    a = random_geometry(16, cfg, torch.Generator().manual_seed(3))
+    b = random_geometry(16, cfg, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a.matrix, b.matrix)
+    torch.testing.assert_close(a.displacement, b.displacement)
+    det = torch.linalg.det(a.matrix)
+    zoom = 1 / det.abs().sqrt()
+    assert (det < 0).any() and (det > 0).any(), "flips happen"
+    lo, hi = cfg.scale_range
+    assert ((zoom >= lo - 1e-4) & (zoom <= hi + 1e-4)).all() and zoom.std() > 0.02
+    assert a.displacement.abs().max() <= 3 * cfg.elastic_sigma + 1e-4
+    assert 5 < a.displacement.std() < 15, "the paper's sigma of 10 pixels"
 
 
 def test_intensity_changes_do_not_modify_the_input():
     x = torch.rand(3, 1, 16, 16)
     before = x.clone()
-    y = augment_intensity(x, AugmentConfig(), np.random.default_rng(0))
+    y = augment_intensity(x, AugmentConfig(), torch.Generator().manual_seed(0))
     torch.testing.assert_close(x, before)
     assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(x, y)
-    same = augment_intensity(x, AugmentConfig(), np.random.default_rng(0))
+    same = augment_intensity(x, AugmentConfig(), torch.Generator().manual_seed(0))
     torch.testing.assert_close(y, same)
 
 

@@ -313,3 +313,20 @@ def test_packages_in_the_models_folder_are_listed(loadable_package, tmp_path, mo
     assert [info.name for info in user] == ["shared"]
     assert user[0].trained_on == TRAINED_ON
     assert load_model(user[0].path).config == load_model(loadable_package).config
+
+
+def test_cover_shows_the_cell_probability_of_a_three_class_model(tmp_path):
+    """The cover's right half is the class segmentation grows cells from (the interior)."""
+    import imageio.v3 as iio
+    from blocks_helpers import as_image, passthrough_unet
+
+    net = passthrough_unet(three_class=True)
+    truth = np.zeros((96, 96), np.int32)
+    truth[20:60, 20:60] = 1
+    folder = tmp_path / "pkg"
+    _write_package_folder(net, folder, test_image=as_image(truth, True), torchscript=False)
+    cover = iio.imread(folder / "cover.png").astype(float) / 255
+    right = cover[:, cover.shape[1] // 2:]
+    out = np.load(folder / "test_output.npy")[0]
+    n = right.shape[0]
+    np.testing.assert_allclose(right, np.clip(out[1, :n, :n], 0, 1), atol=1 / 255 + 1e-6)

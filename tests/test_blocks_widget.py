@@ -51,12 +51,12 @@ def test_dask_layer_is_segmented_into_a_zarr_backed_layer(widget, qtbot, net):
     seen = []
     w.run()
     qtbot.waitUntil(lambda: seen.append(w.status.value) or not w.running, timeout=60_000)
-    labels = viewer.layers["lazy labels"]
+    labels = viewer.layers["lazy (pass model)"]
     assert isinstance(labels.data, zarr.Array)  # on disk, not in memory
     np.testing.assert_array_equal(labels.data[...], segment(image, net, tile_shape=80))
     assert labels.data[...].max() == len(kept)
     np.testing.assert_allclose(labels.scale, layer.scale)
-    assert viewer.layers["lazy probability"].data.shape == image.shape
+    assert viewer.layers["lazy cell probability (pass model)"].data.shape == image.shape
     assert f"{len(kept)} cells found" in w.status.value and "stored in" in w.status.value
 
 
@@ -72,7 +72,7 @@ def test_multiscale_layer_gives_a_multiscale_labels_layer(widget, qtbot, net):
     w.tile.value = 80
     w.run()
     wait_done(qtbot, w)
-    labels = viewer.layers["pyramid labels"]
+    labels = viewer.layers["pyramid (pass model)"]
     assert labels.multiscale and len(labels.data) == 3
     assert [tuple(s) for s in labels.level_shapes] == [(256, 256), (128, 128), (64, 64)]
     expected = segment(image, net, tile_shape=80)
@@ -93,7 +93,7 @@ def test_current_plane_of_a_lazy_stack(widget, qtbot, net):
     w.current_plane.value = True
     w.run()
     wait_done(qtbot, w)
-    labels = viewer.layers["stack labels"].data
+    labels = viewer.layers["stack (pass model)"].data
     assert labels.shape == (3, 100, 110)
     assert labels[0].max() == 0 and labels[2].max() == 0
     np.testing.assert_array_equal(labels[1], segment(image[::-1], net, tile_shape=80))
@@ -109,11 +109,11 @@ def test_cancel_on_a_lazy_layer_leaves_nothing(widget, qtbot, monkeypatch, tmp_p
     viewer.add_image(da.from_array(image, chunks=300), name="big")
     w.reset_choices()
     w.image.value = viewer.layers["big"]
-    w.tile.value = 60
+    w.tile.value = 80
     w.run()
-    qtbot.waitUntil(lambda: w.progress.value >= 1, timeout=30_000)
+    qtbot.waitUntil(lambda: w.done_units >= 1, timeout=30_000)
     w.cancel()
     wait_done(qtbot, w)
     assert [layer.name for layer in viewer.layers] == ["big"]
-    assert "cancelled" in w.status.value
+    assert "Cancelled" in w.status.value
     assert list((tmp_path / "tmp").iterdir()) == []  # the temporary zarr is gone

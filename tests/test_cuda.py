@@ -49,3 +49,81 @@ def test_out_of_memory_retries_with_smaller_batches_then_tiles(rng):
     assert probs.shape == (2, 9000, 9000) and np.isfinite(probs).all()
     reference = predict_tiled(model, image, tile_shape=1024, batch_size=2, device="cuda")
     np.testing.assert_allclose(probs, reference, atol=1e-4)
+
+
+# ------------------------------------------------------------------ training
+def _nuclei(n=2, size=256):
+    from napari_unet.core.synthetic import make_sample
+
+    pairs = [make_sample("nuclei", (size, size), seed=s, touching=0.8, density=0.35)
+             for s in range(n)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def test_training_data_stays_on_the_gpu_and_batches_are_made_there():
+    from napari_unet.core.training import TrainConfig
+    from napari_unet.core.training.loop import Trainer
+    from napari_unet.core.training.setup import io_shapes
+
+    images, labels = _nuclei()
+    trainer = Trainer(images, labels, UNet(depth=3, base_channels=8, dropout=0.0),
+                      TrainConfig(device="cuda", validation=0, seed=0))
+    batches = trainer.prepare().batches
+    assert batches.storage.type == "cuda" and not batches.streamed
+    assert batches.image.is_cuda and batches.centres.is_cuda
+    in_shape, out_shape = io_shapes(trainer.model, (128, 128))
+    x, target, weight = batches.sample(8, in_shape, out_shape)
+    assert x.is_cuda and target.is_cuda and weight.is_cuda
+    assert x.shape == (8, 1, *in_shape) and target.shape == (8, *out_shape)
+
+
+def test_streamed_training_data_gives_the_same_batches_as_the_cpu():
+    """Data too large for the GPU stays in pinned host memory: batches are made on the CPU,
+    one ahead, and copied; the same seed gives the same batches as CPU training."""
+    from napari_unet.core.training import TrainConfig
+    from napari_unet.core.training.loop import Trainer
+    from napari_unet.core.training.setup import io_shapes
+
+    images, labels = _nuclei()
+    net = UNet(depth=3, base_channels=8, dropout=0.0)
+    streamed = Trainer(images, labels, net, TrainConfig(device="cuda", validation=0, seed=0))
+    streamed.storage = "host"
+    gpu_batches = streamed.prepare().batches
+    cpu_batches = Trainer(images, labels, net,
+                          TrainConfig(device="cpu", validation=0, seed=0)).prepare().batches
+    assert gpu_batches.streamed and gpu_batches.image.is_pinned()
+    in_shape, out_shape = io_shapes(net, (96, 96))
+    for _ in range(3):  # the second and third come from the batch made ahead
+        got = gpu_batches.sample(4, in_shape, out_shape)
+        want = cpu_batches.sample(4, in_shape, out_shape)
+        assert all(t.is_cuda for t in got)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.cpu(), b)
+    gpu_batches.close()
+
+
+def test_training_in_mixed_precision_with_the_automatic_batch():
+    from napari_unet import train
+
+    images, labels = _nuclei(2, 384)
+    result = train(images, labels, UNet(depth=4, base_channels=16, dropout=0.0),
+                   max_steps=60, device="cuda", seed=0, validation=0.3)
+    assert result.steps == 60 and result.history[-1].batch_size >= 2
+    assert np.isfinite([h.loss for h in result.history]).all()
+    assert result.val_cells and result.best_val_f1 is not None
+    assert next(result.model.parameters()).device.type == "cpu"
+    assert result.model.metadata["training"]["device"].startswith("cuda")
+
+
+def test_training_out_of_memory_backs_off_for_real():
+    """A batch far beyond the GPU's memory: halved until it fits, and training goes on."""
+    from napari_unet import train
+
+    images, labels = _nuclei(1, 1024)
+    result = train(images, labels, UNet(depth=4, base_channels=64, dropout=0.0),
+                   max_steps=3, patch_shape=1024, batch_size=4096, device="cuda", seed=0,
+                   validation=0, report_interval=0)
+    assert result.steps == 3
+    notes = [h.message for h in result.history if h.message]
+    assert notes and "out of memory" in notes[0]
+    assert result.history[-1].batch_size < 4096

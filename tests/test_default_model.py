@@ -54,8 +54,10 @@ def test_cli_lists_models(monkeypatch, tmp_path, capsys):
 def test_segments_new_synthetic_nuclei_out_of_the_box(dtype):
     # seeds far from the pretraining pool's stream; a regression in the weights,
     # the normalisation or the instance step shows up here as a drop in F1
+    # defocus=0: the packaged model was pretrained before the generator learnt field-varying
+    # defocus (issue 17), and merges strongly defocused nuclei until it is pretrained again
     image, truth = make_sample("nuclei", (256, 256), seed=987_654 + len(dtype), dtype=dtype,
-                               radius=(7.0, 12.0), touching=0.4, photons=300.0)
+                               radius=(7.0, 12.0), touching=0.4, photons=300.0, defocus=0.0)
     labels = nu.segment(image)  # model=None: the packaged default
     result = nu.metrics.match(truth, labels)
     assert result.n_true > 15

@@ -7,17 +7,25 @@ import pytest
 import torch
 
 from napari_unet import UNet, load_model, save_model
-from napari_unet.core import training as T
+from napari_unet.core import checkpoints
+from napari_unet.core._utils import run_to_completion
+from napari_unet.core.augment import AugmentConfig
+from napari_unet.core.normalize import Normalization
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import (
     CHECKPOINT_NAME,
+    DEFAULT_MODEL_CONFIG,
+    TrainConfig,
     TrainProgress,
     iter_train,
+    loop,
+    step,
     train,
     training_loss,
 )
-
-IGNORE_INDEX = T.IGNORE_INDEX
+from napari_unet.core.training.loop import Trainer
+from napari_unet.core.training.setup import io_shapes
+from napari_unet.core.weightmap import IGNORE_INDEX
 
 
 def tiny(n_classes: int = 2) -> UNet:
@@ -26,11 +34,13 @@ def tiny(n_classes: int = 2) -> UNet:
 
 @pytest.fixture(scope="module")
 def nuclei():
-    pairs = [make_sample("nuclei", (80, 80), seed=s) for s in range(2)]
+    # scattered at a fixed density: a clustered layout may leave a small image nearly empty
+    pairs = [make_sample("nuclei", (80, 80), seed=s, layout="random", density=0.3)
+             for s in range(2)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-FAST = dict(patch_shape=32, batch_size=2, device="cpu", validation=0)
+FAST = dict(patch_shape=32, batch_size=2, device="cpu", validation=0, report_interval=0)
 
 
 def weights(model: UNet) -> list[torch.Tensor]:
@@ -47,7 +57,7 @@ def test_loss_goes_down(nuclei):
     model = UNet(depth=2, base_channels=8, dropout=0.0)
     before = weights(model)
     result = train(images, labels, model, max_steps=150, patch_shape=48, batch_size=4,
-                   augment=False, validation=0, device="cpu", seed=0)
+                   augment=False, validation=0, device="cpu", seed=0, report_interval=0)
     losses = [h.loss for h in result.history]
     assert len(losses) == 150 and result.stopped_reason == "max_steps"
     assert np.mean(losses[-15:]) < 0.6 * np.mean(losses[:15])
@@ -58,10 +68,11 @@ def test_loss_goes_down(nuclei):
 def test_result_model_records_and_validation(nuclei, tmp_path):
     images, labels = nuclei
     start = tiny()
-    start.normalization = T.Normalization(low=2.0, high=99.0)
+    start.normalization = Normalization(low=2.0, high=99.0)
     records = []
     run = iter_train(images, labels, start, max_steps=8, validate_every=4, validation=0.5,
-                     patch_shape=32, batch_size=2, device="cpu", seed=3, gap=2)
+                     patch_shape=32, batch_size=2, device="cpu", seed=3, gap=2,
+                     report_interval=0)
     for p in run:
         assert isinstance(p, TrainProgress)
         records.append(p)
@@ -74,6 +85,7 @@ def test_result_model_records_and_validation(nuclei, tmp_path):
     assert any(r.phase == "validate" for r in records)
     measured = [r for r in steps if r.val_f1 is not None]
     assert {r.step for r in measured} >= {4, 8} and all(0 <= r.val_f1 <= 1 for r in measured)
+    assert result.val_cells >= 5 and all(r.val_cells == result.val_cells for r in measured)
     model = result.model
     assert not model.training and next(model.parameters()).device.type == "cpu"
     assert model.normalization == start.normalization
@@ -87,15 +99,17 @@ def test_result_model_records_and_validation(nuclei, tmp_path):
     assert reloaded.metadata["target"]["gap"] == 2
 
 
-def test_whole_planes_held_out_for_validation():
+def test_validation_holds_out_whole_cells_of_a_stack():
     pairs = [make_sample("nuclei", (64, 64), seed=10 + s) for s in range(10)]
     stack = np.stack([p[0] for p in pairs])
     labels = np.stack([p[1] for p in pairs])
-    run = iter_train(stack, labels, tiny(), max_steps=2, validation=0.1, validate_every=2,
-                     patch_shape=32, batch_size=1, device="cpu", seed=0)
-    result = T.run_to_completion(run)
-    assert result.model.metadata["training"]["n_planes"] == 9  # one held out
-    assert result.history[-1].val_f1 is not None
+    result = run_to_completion(iter_train(
+        stack, labels, tiny(), max_steps=2, validation=0.1, validate_every=2, patch_shape=32,
+        batch_size=1, device="cpu", seed=0))
+    cells = sum(int((np.bincount(p.ravel())[1:] >= 16).sum()) for p in labels)  # not tiny
+    assert min(30, cells // 4) <= result.val_cells <= cells // 2
+    assert result.history[-1].val_f1 is not None and result.history[-1].val_cells > 0
+    assert result.model.metadata["training"]["val_cells"] == result.val_cells
 
 
 # ------------------------------------------------------------- cancel and resume
@@ -103,7 +117,7 @@ def test_cancel_keeps_the_best_model(nuclei, tmp_path):
     images, labels = nuclei
     run = iter_train(images, labels, tiny(), max_steps=1000, validate_every=2, validation=0.3,
                      checkpoint_dir=tmp_path, patch_shape=32, batch_size=2, device="cpu",
-                     seed=0)
+                     seed=0, report_interval=0)
     for p in run:
         if p.phase == "train" and p.step == 5:
             run.close()
@@ -162,19 +176,22 @@ def test_labels_outside_regions_have_no_effect(nuclei):
 def test_batches_ignore_unannotated_pixels_and_align_targets(nuclei):
     labels = nuclei[1][0]
     image = (labels > 0).astype(np.float32)
-    geo = T.AugmentConfig().geometric_only()
     region = np.zeros(labels.shape, bool)
     region[10:70, 5:60] = True
-    run = iter_train(image, labels, tiny(), regions=region, augment=geo, **FAST)
-    trainer = run._trainer
-    planes, _ = trainer._prepare()
-    x, target, weight = trainer._batch(planes, np.array([1.0]), 6, (32, 32),
-                                       np.random.default_rng(0))
-    assert x.shape == (6, 1, *trainer.model.valid_input_shape((32, 32)))
-    assert target.shape == weight.shape == (6, *trainer.model.output_shape(x.shape[-2:]))
+    geo = AugmentConfig().geometric_only()
+    trainer = Trainer(image, labels, tiny(), TrainConfig(augment=geo, **FAST), region)
+    batches = trainer.prepare().batches
+    in_shape, out_shape = io_shapes(trainer.model, (32, 32))
+    x, target, weight = batches.make(6, in_shape, out_shape)
+    assert x.shape == (6, 1, *in_shape) and target.shape == weight.shape == (6, *out_shape)
     ignored = target == IGNORE_INDEX
     assert ignored.any() and (~ignored).any()
     assert (weight[ignored] == 0).all() and (weight[~ignored] > 0).all()
+    rigid = AugmentConfig(elastic_sigma=0).geometric_only()  # no displacement of the centre
+    batches.augment = rigid
+    _, centred, _ = batches.make(16, in_shape, out_shape)
+    middle = centred[:, out_shape[0] // 2, out_shape[1] // 2]
+    assert (middle != IGNORE_INDEX).all(), "every patch is centred on a training pixel"
     m = trainer.model.margin
     inner = x[:, 0, m:-m, m:-m] > 0.5  # the image under the target patch
     cell = target == 1
@@ -216,14 +233,14 @@ def test_weighted_loss_ignores_and_weighs():
 def test_non_finite_loss_stops_and_keeps_a_good_model(nuclei, monkeypatch):
     images, labels = nuclei
     calls = {"n": 0}
-    real = T.training_loss
+    real = training_loss
 
     def exploding(*args, **kw):
         calls["n"] += 1
         loss = real(*args, **kw)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(T, "training_loss", exploding)
+    monkeypatch.setattr(step, "training_loss", exploding)
     result = train(images, labels, tiny(), max_steps=10, **FAST, seed=0)
     assert "loss became nan" in result.stopped_reason and result.steps == 2
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
@@ -239,6 +256,8 @@ def test_out_of_memory_halves_the_batch(nuclei, monkeypatch):
         return real(self, x)
 
     monkeypatch.setattr(UNet, "forward", small_memory)
+    monkeypatch.setattr(loop, "is_out_of_memory",  # a GPU's error, simulated on the CPU
+                        lambda err, device: isinstance(err, torch.OutOfMemoryError))
     result = train(images, labels, tiny(), max_steps=2, **{**FAST, "batch_size": 4})
     notes = [h.message for h in result.history if h.message]
     assert result.steps == 2 and notes and "batch size 1" in notes[0]
@@ -254,10 +273,10 @@ def test_boundary_mode_and_dice_loss(nuclei):
 
 
 def test_default_model_is_new_when_nothing_is_packaged(nuclei, monkeypatch):
-    monkeypatch.setattr(T, "packaged_model_path", lambda name="default": None)
+    monkeypatch.setattr(checkpoints, "packaged_model_path", lambda name="default": None)
     images, labels = nuclei
     result = train(images[0], labels[0], max_steps=1, **{**FAST, "batch_size": 1})
-    assert result.model.config == UNet(**{**T.DEFAULT_MODEL_CONFIG, "n_classes": 2}).config
+    assert result.model.config == UNet(**{**DEFAULT_MODEL_CONFIG, "n_classes": 2}).config
     assert result.model.metadata["training"]["started_from"] == "new"
 
 
@@ -265,7 +284,7 @@ def test_model_none_fine_tunes_the_packaged_model(nuclei, monkeypatch, tmp_path)
     packaged = tiny()
     packaged.metadata = {"name": "default", "trained_on": "test"}
     path = save_model(packaged, tmp_path / "default.pt")
-    monkeypatch.setattr(T, "packaged_model_path", lambda name="default": path)
+    monkeypatch.setattr(checkpoints, "packaged_model_path", lambda name="default": path)
     images, labels = nuclei
     result = train(images[0], labels[0], max_steps=1, **{**FAST, "batch_size": 1})
     assert result.model.config == packaged.config

@@ -97,9 +97,16 @@ def test_any_integer_dtype(dtype):
     check_exact(labels, sigma=3.0)
 
 
-def test_bool_labels_are_one_cell():
-    labels = touching_disks((30, 40), 4, seed=1) > 0
-    np.testing.assert_array_equal(boundary_weight_map(labels, class_weights=None), 1.0)
+def test_bool_labels_are_one_cell_per_blob():
+    """A bool mask is read as one cell per connected blob (the one rule of core.labels)."""
+    from skimage.measure import label as connected
+
+    mask = np.zeros((30, 40), bool)
+    mask[5:15, 5:15] = mask[5:15, 17:30] = True  # two blobs, 2 pixels apart
+    np.testing.assert_array_equal(boundary_weight_map(mask, class_weights=None),
+                                  boundary_weight_map(connected(mask, connectivity=1),
+                                                      class_weights=None))
+    assert boundary_weight_map(mask, class_weights=None)[10, 16] > 5, "a ridge between them"
 
 
 def test_huge_ids_and_no_background_anywhere():

@@ -25,7 +25,12 @@ def models_dir(tmp_path, monkeypatch):
 def widget(make_napari_viewer, models_dir):
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment layer")
+    w.model.value = tiny_model(w)
     return viewer, w
+
+
+def tiny_model(w):
+    return next(c for c in w.model.choices if getattr(c, "name", "") == "tiny.pt")
 
 
 def wait_done(qtbot, w, timeout=60_000):
@@ -40,16 +45,16 @@ def test_segment_into_new_labels_layer(widget, qtbot):
     assert w.image.value is layer
     names = [c.name for c in w.model.choices if hasattr(c, "name")]
     assert "tiny.pt" in names  # the user's model is offered (after the packaged one, if any)
-    w.model.value = next(c for c in w.model.choices if getattr(c, "name", "") == "tiny.pt")
+    w.model.value = tiny_model(w)
     w.probabilities.value = True
     w.run()
     assert w.running and not w.run_button.enabled
     wait_done(qtbot, w)
-    labels = viewer.layers["cells labels"]
+    labels = viewer.layers["cells (tiny model)"]  # named after the image and the model
     assert labels.data.shape == image.shape and labels.data.dtype == np.int32
     np.testing.assert_allclose(labels.scale, layer.scale)
     np.testing.assert_allclose(labels.translate, layer.translate)
-    probs = viewer.layers["cells probability"]
+    probs = viewer.layers["cells cell probability (tiny model)"]
     assert probs.data.shape == image.shape
     assert w.run_button.enabled and not w.cancel_button.enabled
 
@@ -64,7 +69,7 @@ def test_write_into_existing_layer_is_one_undo_step(widget, qtbot):
     w.reset_choices()
     w.image.value = viewer.layers["cells"]
     w.output.value = target
-    w.tile.value = 64
+    w.tile.value = 80
     w.run()
     wait_done(qtbot, w)
     after = np.asarray(target.data).copy()
@@ -83,7 +88,8 @@ def test_mismatched_target_is_refused(widget, qtbot):
     w.output.value = target
     w.run()
     assert not w.running
-    assert "has shape (10, 10)" in w.status.value and len(viewer.layers) == 2
+    assert "(10 × 10) does not match the image (50 × 60)" in w.status.value
+    assert len(viewer.layers) == 2
 
 
 def test_cancel_keeps_layers_unchanged(widget, qtbot):
@@ -91,13 +97,13 @@ def test_cancel_keeps_layers_unchanged(widget, qtbot):
     viewer.add_image(np.random.default_rng(0).normal(size=(900, 900)).astype(np.float32),
                      name="big")
     w.reset_choices()
-    w.tile.value = 60
+    w.tile.value = 80
     w.run()
-    qtbot.waitUntil(lambda: w.progress.value >= 1, timeout=30_000)
+    qtbot.waitUntil(lambda: w.done_units >= 1, timeout=30_000)
     w.cancel()
     wait_done(qtbot, w)
     assert [layer.name for layer in viewer.layers] == ["big"]
-    assert "cancelled" in w.status.value
+    assert "Cancelled" in w.status.value
 
 
 def test_current_plane_of_a_stack(widget, qtbot):
@@ -109,6 +115,155 @@ def test_current_plane_of_a_stack(widget, qtbot):
     w.current_plane.value = True
     w.run()
     wait_done(qtbot, w)
-    labels = viewer.layers["stack labels"].data
+    labels = viewer.layers[-1].data
     assert labels.shape == (3, 60, 70)
     assert labels[0].max() == 0 and labels[2].max() == 0
+
+
+# ------------------------------------------------------------------------------ issue 13
+@pytest.fixture
+def passthrough(models_dir):
+    """Models whose probabilities follow the pixel values (tests/blocks_helpers.py)."""
+    from blocks_helpers import passthrough_unet
+
+    two = passthrough_unet()
+    two.metadata = {"name": "pass", "cell_diameter": 20.0}
+    save_model(two, models_dir / "pass.pt")
+    three = passthrough_unet(three_class=True)
+    three.metadata = {"name": "pass3"}
+    save_model(three, models_dir / "pass3.pt")
+    return models_dir
+
+
+def choose_model(w, name):
+    w.model.reset_choices()
+    w.model.value = next(c for c in w.model.choices if getattr(c, "name", "") == name)
+
+
+@pytest.mark.parametrize(("zoom", "pan"), [(0.5, (0, 0)), (1.0, (40, -60)), (2.0, (0, 0)),
+                                           (4.0, (0, 0)), (4.0, (-150, 220)), (3.0, (90, 90))])
+def test_visible_region_is_what_the_canvas_shows(make_napari_viewer, passthrough, qtbot,
+                                                 zoom, pan):
+    """Item 1: 'visible region only' segments the rows and columns on the canvas, at
+    several zooms and pans, for a scaled and translated layer; napari's own view of the
+    layer (its corner pixels) agrees to the pixel."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1300, 900)
+    image = np.random.default_rng(0).random((600, 700)).astype(np.float32)
+    layer = viewer.add_image(image, name="img", scale=(0.8, 0.8), translate=(10, -20))
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment layer")
+    choose_model(w, "pass.pt")
+    w.probabilities.value = True
+    w.min_size.value = 0
+    viewer.reset_view()
+    cam = viewer.camera
+    cam.zoom = cam.zoom * zoom
+    cam.center = (cam.center[-2] + pan[0], cam.center[-1] + pan[1])
+    qtbot.wait(300)
+    w.visible_only.native.click()
+    w.run_button.native.click()
+    wait_done(qtbot, w)
+    probs = np.asarray(viewer.layers["img cell probability (pass model)"].data)
+    rows = np.flatnonzero((probs > 0).any(axis=1))
+    cols = np.flatnonzero((probs > 0).any(axis=0))
+    # napari's own view of the layer: the data pixels at the canvas corners
+    corners = np.asarray(layer.corner_pixels)
+    assert abs(rows[0] - corners[0, 0]) <= 1 and abs(rows[-1] - corners[1, 0]) <= 1
+    assert abs(cols[0] - corners[0, 1]) <= 1 and abs(cols[-1] - corners[1, 1]) <= 1
+    # and the region is a full rectangle: everything in it, nothing outside
+    assert (probs[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] > 0).all()
+    if zoom >= 2:
+        assert len(rows) < 600 and len(cols) < 700  # a part, not the whole image
+
+
+def test_three_class_probability_shows_the_cell_interior(widget, passthrough, qtbot):
+    """Item 13: the probability layer of a three-class model is the interior class, the
+    class that segmentation grows cells from (core.model.cell_probability)."""
+    from blocks_helpers import as_image
+    from skimage.segmentation import find_boundaries
+
+    viewer, w = widget
+    truth = np.zeros((60, 80), np.int32)
+    truth[10:30, 10:30] = 1
+    truth[35:55, 40:70] = 2
+    viewer.add_image(as_image(truth, three_class=True), name="img")
+    choose_model(w, "pass3.pt")
+    w.probabilities.value = True
+    w.run()
+    wait_done(qtbot, w)
+    probs = np.asarray(viewer.layers["img cell probability (pass3 model)"].data)
+    boundary = find_boundaries(truth, mode="inner")
+    interior = (truth > 0) & ~boundary
+    assert probs[interior].min() > 0.9  # the interior is bright ...
+    assert probs[boundary].max() < 0.1  # ... the boundary ring is not
+    labels = np.asarray(viewer.layers["img (pass3 model)"].data)
+    assert labels.max() == 2
+
+
+def test_threshold_min_size_and_cell_diameter(widget, passthrough, qtbot):
+    """Item 12: the controls cellpose and StarDist users expect change the result."""
+    viewer, w = widget
+    image = np.zeros((120, 160), np.float32)
+    image[10:40, 10:40] = 1.0     # a bright cell
+    image[60:90, 60:90] = 0.45    # a faint cell: cell probability about 0.12
+    image[100:104, 140:144] = 1.0  # a speck of 16 pixels
+    layer = viewer.add_image(image, name="img")
+    choose_model(w, "pass.pt")
+
+    def cells():
+        w.run()
+        wait_done(qtbot, w)
+        return np.asarray(viewer.layers[-1].data)
+
+    w.min_size.value = 1
+    assert cells().max() == 2  # the bright cell and the speck
+    w.threshold.value = 0.1
+    assert cells().max() == 3  # the faint one too
+    w.min_size.value = 50
+    found = cells()
+    assert found.max() == 2 and found[102, 142] == 0  # the speck is dropped
+    # cells of 30 px with a model that knows cells of 20 px: rescaled by 2/3, and back
+    w.diameter.value = 30
+    w.threshold.value = 0.5
+    w.min_size.value = 16
+    found = cells()
+    assert "rescaled" in w.status.value or "cells found" in w.status.value
+    assert found.shape == image.shape and found.max() == 1
+    overlap = (found > 0) & (image == 1.0)
+    assert overlap.sum() / (image[10:40, 10:40] > 0).sum() > 0.9
+    choose_model(w, "tiny.pt")  # a model that does not record its cell size
+    w.run()
+    assert not w.running and "does not record the size" in w.status.value
+    del layer
+
+
+def test_too_small_tiles_are_refused_in_plain_words(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(np.zeros((50, 60), np.float32), name="img")
+    w.tile.value = 40
+    w.run()
+    assert not w.running
+    assert "tile size of 40" in w.status.value and "at least 80" in w.status.value
+
+
+def test_closing_the_viewer_while_segmenting_shows_no_error(make_napari_viewer, models_dir,
+                                                            qtbot):
+    """Item 10: no 'wrapped C/C++ object has been deleted' after the viewer is closed."""
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtCore import QThreadPool
+
+    seen = []
+    notification_manager.notification_ready.connect(
+        lambda n: seen.append((str(n.severity), str(n.message))))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(size=(900, 900)).astype(np.float32),
+                     name="big")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment layer")
+    w.model.value = tiny_model(w)
+    w.tile.value = 80
+    w.run()
+    qtbot.waitUntil(lambda: w.done_units >= 1, timeout=30_000)
+    viewer.close()
+    assert QThreadPool.globalInstance().waitForDone(60_000)
+    qtbot.wait(300)
+    assert not [m for s, m in seen if s in ("error", "warning")], seen

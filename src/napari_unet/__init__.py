@@ -28,6 +28,8 @@ from .core import (
     WeightMapCache,
     available_devices,
     boundary_weight_map,
+    cell_class_index,
+    cell_probability,
     export_bioimageio,
     iter_predict_tiled,
     iter_segment,
@@ -49,6 +51,8 @@ __version__ = "0.1.0"
 __all__ = [
     "UNet",
     "InvalidInputShapeError",
+    "cell_class_index",
+    "cell_probability",
     "Normalization",
     "predict_tiled",
     "iter_predict_tiled",

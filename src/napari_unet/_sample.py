@@ -6,10 +6,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["nuclei_sample", "SAMPLE_REGION"]
+__all__ = ["nuclei_sample", "sample_with_truth", "SAMPLE_REGION"]
 
 #: The rectangle (r0, c0, r1, c1) of the sample in which every cell is labelled.
 SAMPLE_REGION = (0, 0, 200, 240)
+
+
+def sample_with_truth() -> tuple[np.ndarray, np.ndarray]:
+    """The sample image and the labels of *all* its nuclei (the sample shows one corner's)."""
+    from .core.synthetic import make_sample
+
+    return make_sample("nuclei", shape=(512, 512), seed=2015, layout="clustered",
+                       touching=0.7, density=0.3)
 
 
 def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
@@ -20,10 +28,7 @@ def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
     exactly what Train on current labels needs as "annotated regions", so the
     paint → train → segment loop can be tried at once.
     """
-    from .core.synthetic import make_sample
-
-    image, labels = make_sample("nuclei", shape=(512, 512), seed=2015, layout="clustered",
-                                touching=0.7, density=0.3)
+    image, labels = sample_with_truth()
     r0, c0, r1, c1 = SAMPLE_REGION
     inside = np.unique(labels[r0:r1, c0:c1])
     inside = inside[inside > 0]
@@ -34,5 +39,6 @@ def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
         (partial, {"name": "nuclei labels", "opacity": 0.6}, "labels"),
         ([rectangle], {"name": "annotated region", "shape_type": "rectangle",
                        "face_color": "transparent", "edge_color": "yellow",
-                       "edge_width": 2}, "shapes"),
+                       "edge_width": 2, "metadata": {"napari-unet": "annotated regions"}},
+         "shapes"),
     ]

@@ -81,8 +81,14 @@ class LossPlot(QWidget):
             p.drawText(left + pw + 4, top + 10, "1")
             p.drawText(left + pw + 4, top + ph, "0")
             best = max(f for _, f in self.f1)
-            p.drawText(left + 44, h - 4,
-                       f"validation F1 {self.f1[-1][1]:.2f} (best {best:.2f})")
-        p.setPen(QPen(QColor(160, 160, 160)))
-        p.drawText(left + pw - 70, h - 4, f"step {s1}")
+            caption = f"validation F1 {self.f1[-1][1]:.2f} (best {best:.2f})"
+            p.drawText(left + 44, h - 4, caption)
+            used = left + 44 + p.fontMetrics().horizontalAdvance(caption) + 8
+        else:
+            used = left + 44
+        step = f"step {s1}"
+        width = p.fontMetrics().horizontalAdvance(step)
+        if left + pw - width >= used:  # only where it does not cover the caption
+            p.setPen(QPen(QColor(160, 160, 160)))
+            p.drawText(left + pw - width, h - 4, step)
         p.setPen(Qt.PenStyle.NoPen)

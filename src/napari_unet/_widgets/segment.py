@@ -20,23 +20,39 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
-    ProgressBar,
     PushButton,
     SpinBox,
-    create_widget,
 )
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
-from ..core import available_devices, load_model
+from ..core import SegmentOptions, available_devices, load_model
 from ..core._utils import is_lazy_array
-from ..core.blocks import create_zarr_array, iter_segment_blocks
-from ._common import NEW_FILE, layer_region, model_choices, models_changed, start_worker
+from ..core.blocks import iter_segment_blocks
+from ..core.cellsize import iter_segment_scaled, model_cell_diameter_of, scale_for_cell_size
+from ..core.model import cell_probability
+from ..core.regions import lazy, pyramid, region_outputs
+from ..core.zoo import list_models
+from ._common import (
+    NEW_FILE,
+    DockLifetime,
+    layer_region,
+    model_choices,
+    models_changed,
+    scroll_area,
+    section,
+    shape_text,
+    spatial_shape,
+    start_worker,
+    wrap_label,
+)
+from .annotate import layer_choices
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["SegmentWidget"]
+__all__ = ["SegmentWidget", "is_lazy_layer"]
 
 FILL = "fill unlabelled pixels only"
 REPLACE = "replace labels in the region"
@@ -49,191 +65,245 @@ def is_lazy_layer(layer: Any) -> bool:
     return bool(getattr(layer, "multiscale", False)) or is_lazy_array(layer.data)
 
 
-class RegionView:
-    """A writable window ``index`` of a larger array, indexed in the window's coordinates.
-
-    Lets the block engine write the result of a region (one plane, the visible part)
-    straight into a full-size zarr array.
-    """
-
-    def __init__(self, array: Any, index: tuple) -> None:
-        self.array = array
-        self.index = tuple(index) + (slice(None),) * (len(array.shape) - len(index))
-        self.starts, shape = [], []
-        for idx, n in zip(self.index, array.shape):
-            if isinstance(idx, slice):
-                start, stop, _ = idx.indices(n)
-                self.starts.append(start)
-                shape.append(stop - start)
-        self.shape = tuple(shape)
-        self.dtype = array.dtype
-
-    def _full(self, key: Any) -> tuple:
-        key = key if isinstance(key, tuple) else (key,)
-        if key == (Ellipsis,):
-            key = ()
-        key = key + (slice(None),) * (len(self.shape) - len(key))
-        full, k = [], 0
-        for idx in self.index:
-            if not isinstance(idx, slice):
-                full.append(idx)
-                continue
-            part, start, n = key[k], self.starts[k], self.shape[k]
-            if isinstance(part, slice):
-                a, b, _ = part.indices(n)
-                full.append(slice(start + a, start + b))
-            else:
-                full.append(start + int(part))
-            k += 1
-        return tuple(full)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.array[self._full(key)]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.array[self._full(key)] = value
+def model_label(model: Any, source: Any) -> str:
+    """A short name for a model: its recorded name, else its file's name."""
+    name = (model.metadata or {}).get("name")
+    return str(name) if name else Path(str(source)).stem
 
 
 class SegmentWidget(Container):
     """Segment an image layer with a U-Net model; the result goes to a Labels layer.
 
-    By default a new Labels layer named after the image is added (same scale and
-    translate). When an existing Labels layer is chosen, the result is written into
-    it as one undoable step, either only where it is still 0 or replacing it.
+    By default a new Labels layer named after the image and the model is added
+    (same scale and translate). When an existing Labels layer is chosen, the
+    result is written into it as one undoable step, either only where it is
+    still 0 or replacing it. **cell probability**, **smallest cell** and **cell
+    diameter** tune how probabilities become cells, as in cellpose and StarDist.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         import napari
 
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
-        self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.model = ComboBox(label="model", choices=model_choices)
+        self.image = ComboBox(label="image", choices=layer_choices(
+            napari_viewer, napari.layers.Image, nullable=False),
+            tooltip="the image layer to segment")
+        self.model = ComboBox(label="model", choices=model_choices,
+                              tooltip="the pretrained nuclei model shipped with the plugin, a "
+                                      "model you trained (Train on current labels), or a file")
         self.model_file = FileEdit(label="model file", mode="r", filter="*.pt *.zip",
-                                   visible=False)
+                                   visible=False, tooltip="a napari-unet model file (.pt) or "
+                                                          "bioimage.io package (.zip)")
+        self.threshold = FloatSpinBox(
+            label="cell probability", min=0.05, max=0.95, step=0.05, value=0.5,
+            tooltip="pixels at least this likely to be cell count as cell: lower it when "
+                    "cells come out too small or are missed, raise it when background is "
+                    "taken for cells")
+        self.min_size = SpinBox(
+            label="smallest cell (px)", min=0, max=1_000_000, step=4, value=16,
+            tooltip="objects smaller than this many pixels (area) are dropped as noise")
+        self.diameter = FloatSpinBox(
+            label="cell diameter (px)", min=0, max=2000, step=1, value=0,
+            tooltip="the typical diameter of the cells in this image, in pixels: the image is "
+                    "rescaled so that its cells get the size the model learned. 0: use the "
+                    "image as it is")
+        self.output = ComboBox(label="write into", choices=self._output_choices,
+                               tooltip="a new Labels layer, or one of yours: the result is "
+                                       "then written into it as one undoable step")
+        self.mode = ComboBox(label="how", choices=[FILL, REPLACE], visible=False,
+                             tooltip="keep your cells and fill only where the layer is 0, or "
+                                     "overwrite the region (one undo step either way)")
+        self.current_plane = CheckBox(text="current plane only", value=False,
+                                      tooltip="of a stack, only the plane shown now")
+        self.visible_only = CheckBox(text="visible region only", value=False,
+                                     tooltip="only the part of the image shown on the canvas")
+        self.probabilities = CheckBox(text="add probability map", value=False,
+                                      tooltip="also add an image of each pixel's probability "
+                                              "of being cell")
+        self.run_button = PushButton(text="Segment layer",
+                                     tooltip="segment in the background; the cells appear in "
+                                             "a Labels layer")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="stop between two tiles; nothing is changed")
+        buttons = Container(widgets=[self.run_button, self.cancel_button],
+                            layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.status = Label(label="", value="", tooltip="what segmenting does, and what it found")
+        wrap_label(self.status)
         self.tile = SpinBox(label="tile size", min=0, max=16384, step=4, value=0,
-                            tooltip="network input size of one tile; 0 = automatic from "
-                            "the memory available")
-        self.device = ComboBox(label="device", choices=["auto", *available_devices()])
-        self.output = create_widget(annotation=napari.layers.Labels | None, label="write into",
-                                    options={"nullable": True})
-        self.mode = ComboBox(label="", choices=[FILL, REPLACE], visible=False)
-        self.current_plane = CheckBox(text="current plane only", value=False)
-        self.visible_only = CheckBox(text="visible region only", value=False)
-        self.probabilities = CheckBox(text="add probability map", value=False)
-        self.run_button = PushButton(text="Segment layer")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", min=0, max=1, value=0, visible=False)
-        self.status = Label(label="", value="")
-        self.extend([
-            self.image, self.model, self.model_file, self.tile, self.device, self.output,
-            self.mode, self.current_plane, self.visible_only, self.probabilities,
-            self.run_button, self.cancel_button, self.progress, self.status,
-        ])
-        self.output.native.setToolTip("none: add a new Labels layer")
+                            tooltip="network input size of one tile; 0 = automatic from the "
+                                    "memory available (recommended)")
+        self.device = ComboBox(label="device", choices=["auto", *available_devices()],
+                               tooltip="auto: a GPU if this computer has one, else the CPU")
+        options = Container(widgets=[self.tile, self.device], labels=True)
+        self.form = Container(widgets=[
+            self.image, self.model, self.model_file, self.threshold, self.min_size,
+            self.diameter, self.output, self.mode, self.current_plane, self.visible_only,
+            self.probabilities, buttons, self.status,
+        ], labels=True)
+        layout = self.form.native.layout()
+        layout.addWidget(section("options", options.native))
+        layout.addStretch(1)
+        self.margins = (0, 0, 0, 0)
+        self.native.layout().addWidget(scroll_area(self.form.native))
+
         self.model.changed.connect(self._on_model_changed)
         self.output.changed.connect(lambda v: setattr(self.mode, "visible", v is not None))
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker: Any = None
+        self.pbar: Any = None
+        self.done_units = 0
         self.last_result: Any = None
-        self._on_model_changed(self.model.value)
         models_changed.connect(self.refresh_models)
-        self.native.destroyed.connect(lambda *_: models_changed.disconnect(self.refresh_models))
+        self.lifetime = DockLifetime(self.native, self._on_dock_closed)
+        self._on_model_changed(self.model.value)
+        self.reset_choices()
+
+    def _output_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        import napari
+
+        return [("new layer", None)] + [(layer.name, layer) for layer in self.viewer.layers
+                                        if isinstance(layer, napari.layers.Labels)]
+
+    def reset_choices(self, *_: Any) -> None:
+        """Re-read the viewer's layers (napari calls this when layers change)."""
+        if not self.lifetime.closed:
+            self.form.reset_choices()
 
     # ----------------------------------------------------------------- helpers
     def _on_model_changed(self, value: Any) -> None:
         self.model_file.visible = value == NEW_FILE
+        info = next((m for m in list_models() if m.path == value), None)
+        size = None if info is None else model_cell_diameter_of(info.metadata)
+        learned = ("" if size is None else
+                   f" (this model learned cells of about {size:.0f} px)")
+        self.diameter.tooltip = (
+            "the typical diameter of the cells in this image, in pixels: the image is rescaled "
+            f"so that its cells get the size the model learned{learned}. 0: use the image as "
+            "it is")
 
     def refresh_models(self) -> None:
         """Re-read the list of models (after a training run saved a new one)."""
-        self.model.reset_choices()
+        if not self.lifetime.closed:
+            self.model.reset_choices()
 
     def _model_path(self) -> Path | str:
         value = self.model.value
         if value == NEW_FILE:
             path = Path(self.model_file.value)
             if not path.is_file():
-                raise ValueError("choose a model file first (or pick a model from the list)")
+                raise ValueError("choose the model file under 'model file' first (or a model "
+                                 "from the list)")
             return path
         if value is None:
             return "default"
         return value
 
+    def _check_tile(self, model: Any) -> None:
+        """Refuse tiles so small that the network's context makes segmenting crawl."""
+        tile = int(self.tile.value)
+        if tile == 0:
+            return
+        smallest = int(model.valid_input_shape((2 * model.margin,))[0])
+        if tile < smallest:
+            out = max(tile - 2 * model.margin, 0)
+            raise ValueError(
+                f"a tile size of {tile} leaves only {out} pixels of result per tile side (the "
+                f"model needs {model.margin} pixels of context on each side), which makes "
+                f"segmenting many times slower: use 0 (automatic) or at least {smallest}")
+
     @property
     def running(self) -> bool:
         return self.worker is not None
 
+    def _on_dock_closed(self) -> None:
+        models_changed.disconnect(self.refresh_models)
+        if self.worker is not None:
+            self.worker.quit()
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+
     # --------------------------------------------------------------------- run
     def run(self) -> None:
         """Start segmenting in a background worker (the button's action)."""
+        from napari.utils import cancelable_progress
+
         if self.running:
             show_info("napari-unet: a segmentation is already running")
             return
         layer = self.image.value
         if layer is None:
-            show_warning("napari-unet: add or choose an image layer to segment")
+            self._fail("open an image first (File > Open), then choose it under 'image'")
             return
         try:
-            model = load_model(self._model_path())
+            source = self._model_path()
+            model = load_model(source)
+            self._check_tile(model)
+            factor = scale_for_cell_size(model, float(self.diameter.value) or None)
             data, index = layer_region(self.viewer, layer, self.current_plane.value,
                                        self.visible_only.value)
         except (ValueError, OSError) as err:
-            self.status.value = str(err)
-            show_error(f"napari-unet: {err}")
+            self._fail(str(err))
             return
         target = self.output.value
-        spatial = tuple(layer.level_shapes[0][: layer.ndim])
+        spatial = spatial_shape(layer)
         if target is not None and tuple(target.data.shape) != spatial:
-            self.status.value = (
-                f"the Labels layer {target.name!r} has shape {tuple(target.data.shape)} but "
-                f"the image has {spatial}; choose a matching Labels layer, or none for a new one"
-            )
-            show_error(f"napari-unet: {self.status.value}")
+            self._fail(
+                f"the Labels layer '{target.name}' ({shape_text(target.data.shape)}) does not "
+                f"match the image ({shape_text(spatial)}): choose a Labels layer of the "
+                "image's size under 'write into', or 'new layer'")
             return
         axes = "yxc" if layer.rgb and data.ndim == 3 else None
         if layer.rgb and data.ndim == 4:
             axes = "zyxc"
-        tile = self.tile.value or None
-        device = self.device.value
-        with_probs = self.probabilities.value
         # a lazy layer goes block by block into a zarr array on disk, never into memory
         lazy = target is None and is_lazy_layer(layer)
+        if lazy and factor != 1.0:
+            self._fail(f"'cell diameter' needs an image in memory, and '{layer.name}' is read "
+                       "from disk piece by piece: set the cell diameter to 0, or tick "
+                       "'visible region only' on a small part")
+            return
+        with_probs = self.probabilities.value
+        options = SegmentOptions(tile_shape=self.tile.value or None, device=self.device.value,
+                                 axes=axes, threshold=float(self.threshold.value),
+                                 min_size=int(self.min_size.value))
         context = {"layer": layer, "index": index, "output": target, "lazy": lazy,
-                   "mode": self.mode.value, "probabilities": with_probs, "model": model}
+                   "mode": self.mode.value, "probabilities": with_probs, "model": model,
+                   "name": model_label(model, source), "folder": None}
 
         def work():
             folder = Path(tempfile.mkdtemp(prefix="napari-unet-")) if lazy else None
             context["folder"] = folder  # removed by _on_finished if the run is cancelled
             try:
-                out = probs = None
                 if folder is not None:
-                    chunks = (1,) * (len(spatial) - 2) + (1024, 1024)
-                    labels = create_zarr_array(folder / "labels.zarr", spatial, chunks, "int32")
-                    out = RegionView(labels, index)
-                    if with_probs:
-                        full = create_zarr_array(folder / "probabilities.zarr",
-                                                 (model.n_classes, *spatial),
-                                                 (model.n_classes, *chunks), "float32")
-                        probs = RegionView(full, (slice(None), *index))
-                result = yield from iter_segment_blocks(
-                    data, model, tile_shape=tile, device=device, axes=axes, out=out,
-                    probabilities=probs if lazy else (with_probs or None),
-                )
+                    labels, out, probs_full, probs = region_outputs(
+                        folder, spatial, index, model.n_classes if with_probs else None)
+                    result = yield from iter_segment_blocks(data, model, options, out=out,
+                                                            probabilities=probs)
+                    atexit.register(shutil.rmtree, str(folder), True)
+                    return result, labels, probs_full, folder
+                if factor != 1.0:
+                    result = yield from iter_segment_scaled(
+                        data, model, factor, options, probabilities=with_probs or None)
+                else:
+                    result = yield from iter_segment_blocks(
+                        data, model, options, probabilities=with_probs or None)
+                return result, None, None, None
             except BaseException:  # cancelled or failed: leave nothing behind
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
                 raise
-            if folder is not None:
-                atexit.register(shutil.rmtree, str(folder), True)
-                return result, labels, full if with_probs else None, folder
-            return result, None, None, None
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.progress.visible = True
-        self.progress.value = 0
-        self.status.value = f"segmenting {layer.name}…"
+        self.done_units = 0
+        scale = "" if factor == 1.0 else f" (rescaled ×{factor:.2f} for the cell diameter)"
+        self.status.value = f"segmenting {layer.name} with {context['name']}{scale}…"
+        self.pbar = cancelable_progress(total=0, desc=f"Segment layer: {layer.name}",
+                                        cancel_callback=self.cancel)
         self.worker = start_worker(
             work,
             on_yield=self._on_progress,
@@ -242,116 +312,123 @@ class SegmentWidget(Container):
             on_finish=lambda: self._on_finished(context),
         )
 
+    def _fail(self, message: str) -> None:
+        """One problem, said once: in the status line and in one notification."""
+        message = message[:1].upper() + message[1:]
+        self.status.value = message
+        show_error(f"napari-unet: {message}")
+
     def cancel(self) -> None:
         """Stop the running segmentation between two batches of tiles."""
         if self.worker is not None:
             self.worker.quit()
-            self.status.value = "cancelling…"
+            if not self.lifetime.closed:
+                self.status.value = "cancelling…"
 
     def _on_progress(self, p: Any) -> None:
-        self.progress.max = max(int(p.total), 1)
-        self.progress.value = int(p.done)
+        if self.lifetime.closed:
+            return
+        self.done_units = int(p.done)
         phase = _PHASES.get(getattr(p, "phase", "predict"), "")
         self.status.value = f"{phase}: {p.done} / {p.total}"
+        pbar = self.pbar  # last: napari's progress may process events (and end the run)
+        if pbar is not None:
+            if pbar.total != int(p.total):
+                pbar.total = int(p.total)
+                pbar.n = 0
+            pbar.set_description(phase)
+            pbar.update(int(p.done) - pbar.n)
 
     def _on_error(self, err: Exception) -> None:
-        show_error(f"napari-unet: segmentation failed: {err}")
-        self.status.value = f"failed: {err}"
+        if not self.lifetime.closed:
+            self._fail(f"segmentation failed: {self._explain(err)}")
 
-    def _on_finished(self, context: dict[str, Any] | None = None) -> None:
-        if self.worker is not None and getattr(self.worker, "abort_requested", False):
-            self.status.value = "cancelled; nothing was changed"
-            folder = (context or {}).get("folder")
-            if folder is not None:  # the stopped generator's temporary zarr arrays
-                shutil.rmtree(folder, ignore_errors=True)
+    def _explain(self, err: BaseException) -> str:
+        """A segmentation error in the widget's words."""
+        text = str(err)
+        if "NaN" in text:
+            return "the image has NaN or infinite pixels; replace them with numbers first"
+        if "out of memory" in text.lower():
+            return ("the computer ran out of memory: choose a smaller tile size under options, "
+                    "or tick 'visible region only'")
+        return text
+
+    def _on_finished(self, context: dict[str, Any]) -> None:
+        cancelled = self.worker is not None and getattr(self.worker, "abort_requested", False)
+        folder = context.get("folder")
+        if cancelled and folder is not None:  # the stopped generator's temporary zarr arrays
+            shutil.rmtree(folder, ignore_errors=True)
         self.worker = None
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+        if self.lifetime.closed:
+            return
+        if cancelled:
+            self.status.value = "Cancelled; nothing was changed."
         self.run_button.enabled = True
         self.cancel_button.enabled = False
-        self.progress.visible = False
 
     def _on_done(self, result: Any, ctx: dict[str, Any]) -> None:
+        if self.lifetime.closed:
+            return
         try:
             self._show_result(result, ctx)
         except Exception as err:  # noqa: BLE001 - a callback must never take the viewer down
-            show_error(f"napari-unet: could not add the result: {err}")
+            self._fail(f"could not add the result: {err}")
 
     def _show_result(self, result: Any, ctx: dict[str, Any]) -> None:
         segmentation, zarr_labels, zarr_probs, folder = result
         labels, probs = segmentation.labels, segmentation.probabilities
         layer = ctx["layer"]
         index = ctx["index"]
-        spatial = tuple(layer.level_shapes[0][: layer.ndim])
+        spatial = spatial_shape(layer)
         model = ctx["model"]
+        name = f"{layer.name} ({ctx['name']} model)"
+        prob_name = f"{layer.name} cell probability ({ctx['name']} model)"
         n_cells = int(segmentation.n_cells)
         target = ctx["output"]
+        multiscale = bool(getattr(layer, "multiscale", False))
         if ctx["lazy"]:
-            self._add_lazy(layer, zarr_labels, zarr_probs, model, ctx["probabilities"])
+            shapes = [tuple(s[: layer.ndim]) for s in layer.level_shapes]
+            levels = pyramid(zarr_labels, shapes) if multiscale else zarr_labels
+            self.last_result = self.viewer.add_labels(
+                levels, name=name, scale=layer.scale, translate=layer.translate,
+                multiscale=multiscale)
+            if ctx["probabilities"]:
+                cell = cell_probability(lazy(zarr_probs), model.classes)
+                self.viewer.add_image(
+                    pyramid(cell, shapes) if multiscale else cell, name=prob_name,
+                    colormap="magma", blending="additive", contrast_limits=(0, 1),
+                    scale=layer.scale, translate=layer.translate, multiscale=multiscale)
             self.status.value = f"{n_cells} cells found in {layer.name} (stored in {folder})"
             show_info(f"napari-unet: {n_cells} cells found in {layer.name}")
             return
         if target is None:
             full = np.zeros(spatial, dtype=np.int32)
             full[index] = labels
-            new = self.viewer.add_labels(
-                full, name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate,
-            )
-            self.last_result = new
+            self.last_result = self.viewer.add_labels(
+                full, name=name, scale=layer.scale, translate=layer.translate)
         else:
             self._write_into(target, labels, index, ctx["mode"])
             self.last_result = target
         if ctx["probabilities"]:
-            names = [c.lower() for c in model.classes]
-            k = names.index("cell") if "cell" in names else len(names) - 1
             full_p = np.zeros(spatial, dtype=np.float32)
-            full_p[index] = probs[k]
-            self.viewer.add_image(full_p, name=f"{layer.name} probability", colormap="magma",
+            full_p[index] = cell_probability(probs, model.classes)
+            self.viewer.add_image(full_p, name=prob_name, colormap="magma",
                                   blending="additive", contrast_limits=(0, 1),
                                   scale=layer.scale, translate=layer.translate)
-        self.status.value = f"{n_cells} cells found in {layer.name}"
+        where = "" if target is None else f", written into {target.name}"
+        self.status.value = f"{n_cells} cells found in {layer.name}{where}"
         show_info(f"napari-unet: {n_cells} cells found in {layer.name}")
-
-    def _add_lazy(self, layer: Any, labels: Any, probs: Any, model: Any, with_probs: bool) -> None:
-        """Add zarr-backed layers; a pyramid of strided views when the image is multiscale."""
-        import dask.array as da
-
-        def levels(array: Any) -> Any:
-            if not getattr(layer, "multiscale", False):
-                return array
-            shapes = [tuple(s[: layer.ndim]) for s in layer.level_shapes]
-            base = da.from_zarr(array)
-            pyramid = [base]
-            for shape in shapes[1:]:
-                steps = [max(1, round(a / b)) for a, b in zip(shapes[0], shape)]
-                pyramid.append(base[tuple(slice(None, None, s) for s in steps)])
-            return pyramid
-
-        self.last_result = self.viewer.add_labels(
-            levels(labels), name=f"{layer.name} labels", scale=layer.scale,
-            translate=layer.translate, multiscale=getattr(layer, "multiscale", False),
-        )
-        if with_probs:
-            names = [c.lower() for c in model.classes]
-            k = names.index("cell") if "cell" in names else len(names) - 1
-            cell = da.from_zarr(probs)[k]
-            if getattr(layer, "multiscale", False):
-                shapes = [tuple(s[: layer.ndim]) for s in layer.level_shapes]
-                cell = [cell] + [
-                    cell[tuple(slice(None, None, max(1, round(a / b))) for a, b in
-                               zip(shapes[0], shape))] for shape in shapes[1:]
-                ]
-            self.viewer.add_image(cell, name=f"{layer.name} probability", colormap="magma",
-                                  blending="additive", contrast_limits=(0, 1),
-                                  scale=layer.scale, translate=layer.translate,
-                                  multiscale=getattr(layer, "multiscale", False))
 
     def _write_into(self, target: Any, labels: np.ndarray, index: tuple, mode: str) -> None:
         """Write into an existing Labels layer as one undo step; ids never collide."""
         region_shape = target.data[index].shape
         if region_shape != labels.shape:
             raise ValueError(
-                f"the Labels layer {target.name!r} (shape {target.data.shape}) does not match "
-                "the image; choose a matching layer or write to a new one"
-            )
+                f"the Labels layer '{target.name}' ({shape_text(target.data.shape)}) does not "
+                "match the image; choose a matching layer or a new one")
         existing = np.asarray(target.data[index])
         offset = int(np.max(target.data)) if np.size(target.data) else 0
         new_ids = np.where(labels > 0, labels + offset, 0)

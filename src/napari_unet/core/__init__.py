@@ -14,7 +14,7 @@ from .blocks import BlockSegmentation, SegmentPlan, iter_segment_blocks, plan_se
 from .checkpoints import ModelFileError, load_model, packaged_model_path, save_model
 from .decode import probabilities_to_labels
 from .metrics import MatchResult, match
-from .model import InvalidInputShapeError, UNet
+from .model import InvalidInputShapeError, UNet, cell_class_index, cell_probability
 from .normalize import Normalization
 from .options import SegmentOptions, SegmentProgress
 from .segmentation import iter_segment, segment
@@ -33,6 +33,8 @@ from .zoo import ModelInfo, list_models, user_models_dir
 __all__ = [
     "UNet",
     "InvalidInputShapeError",
+    "cell_class_index",
+    "cell_probability",
     "Normalization",
     "predict_tiled",
     "iter_predict_tiled",

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import FORMAT_NAME, FORMAT_VERSION, ModelFileError, _jsonable, load_model
-from .model import UNet, model_from_dict
+from .checkpoints import FORMAT_NAME, FORMAT_VERSION, ModelFileError, jsonable, load_model
+from .model import UNet, cell_probability, model_from_dict
 from .normalize import Normalization
 
 __all__ = [
@@ -335,13 +335,14 @@ def _test_input(net: UNet, image: Any, seed: int) -> np.ndarray:
     return np.ascontiguousarray(image[:, r0:r0 + shape[0], c0:c0 + shape[1]], np.float32)
 
 
-def _cover(test_in: np.ndarray, test_out: np.ndarray, crop: int) -> np.ndarray:
-    """Input (same field of view as the output) and foreground probability, side by side."""
+def _cover(test_in: np.ndarray, test_out: np.ndarray, crop: int,
+           classes: Sequence[str]) -> np.ndarray:
+    """Input (same field of view as the output) and the cell probability, side by side."""
     left = test_in[0, crop:test_in.shape[1] - crop, crop:test_in.shape[2] - crop] if crop \
         else test_in[0]
     lo, hi = np.percentile(left, [1, 99.8])
     left = np.clip((left - lo) / max(hi - lo, 1e-12), 0, 1)
-    right = 1.0 - test_out[0, 0]  # everything but background
+    right = cell_probability(test_out[0], classes)
     rows = min(left.shape[0], right.shape[0])
     cols = min(left.shape[1], right.shape[1], rows)  # square panels: a 2:1 cover
     rows = cols
@@ -604,7 +605,7 @@ def _write_package_folder(
     source_name = None if isinstance(model, UNet) else str(model)
     net = copy.deepcopy(load_model(model)).cpu().float().eval()
     meta = {k: v for k, v in dict(net.metadata).items() if k != "path"}
-    meta = _jsonable(meta, "model metadata")
+    meta = jsonable(meta, "model metadata")
     norm = net.normalization
     if norm.high <= 1.0:
         raise ValueError(
@@ -642,7 +643,7 @@ def _write_package_folder(
     np.save(d / "test_output.npy", test_out)
     tifffile.imwrite(d / "sample_input.tif", test_in[None], photometric="minisblack")
     tifffile.imwrite(d / "sample_output.tif", test_out, photometric="minisblack")
-    iio.imwrite(d / "cover.png", _cover(test_in, test_out, max(0, -offset // 2)))
+    iio.imwrite(d / "cover.png", _cover(test_in, test_out, max(0, -offset // 2), net.classes))
     readme = _readme(net, meta, name, description, contract, tuple(test_in[None].shape))
     (d / "README.md").write_text(readme, encoding="utf-8")
     sidecar = {

@@ -22,6 +22,7 @@ __all__ = [
     "ModelFileError",
     "save_model",
     "atomic_torch_save",
+    "jsonable",
     "load_model",
     "packaged_model_path",
     "FORMAT_NAME",
@@ -47,7 +48,11 @@ def packaged_model_path(name: str = "default") -> Path | None:
     return path if path.is_file() else None
 
 
-def _jsonable(value: Any, what: str) -> Any:
+def jsonable(value: Any, what: str) -> Any:
+    """``value`` as plain JSON values (numpy scalars, arrays and paths made Python ones).
+
+    Raises a ValueError naming ``what`` if it holds anything else.
+    """
     try:
         return json.loads(json.dumps(value, default=_to_builtin))
     except (TypeError, ValueError) as err:
@@ -109,7 +114,7 @@ def save_model(
     path = Path(path)
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                **model_to_dict(model, store)}
-    payload["metadata"] = _jsonable({**payload["metadata"], **metadata}, "model metadata")
+    payload["metadata"] = jsonable({**payload["metadata"], **metadata}, "model metadata")
     return atomic_torch_save(payload, path)
 
 

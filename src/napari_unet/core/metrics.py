@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .labels import check_labels
+
 __all__ = ["MatchResult", "match", "match_planes", "iou_table"]
 
 
@@ -102,21 +104,7 @@ class MatchResult:
 
 
 def _as_labels(array: Any, name: str) -> np.ndarray:
-    a = np.asarray(array)
-    if a.dtype == bool:
-        return a.astype(np.int64)
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} must be an integer label image, not of dtype {a.dtype}")
-    if not np.issubdtype(a.dtype, np.integer):
-        if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
-            raise ValueError(
-                f"{name} holds non-integer values; label images hold whole-number object "
-                "ids (0 = background)"
-            )
-    a = a.astype(np.int64, copy=False)
-    if a.size and a.min() < 0:
-        raise ValueError(f"{name} holds negative ids; object ids must be 0 (background) or more")
-    return a
+    return check_labels(array, name, ndim=None).astype(np.int64, copy=False)
 
 
 def iou_table(

@@ -30,6 +30,8 @@ __all__ = [
     "model_to_dict",
     "model_from_dict",
     "copy_model",
+    "cell_class_index",
+    "cell_probability",
 ]
 
 PADDINGS = ("valid", "same")
@@ -44,6 +46,51 @@ def default_class_names(n_classes: int) -> tuple[str, ...]:
     if n_classes == 3:
         return ("background", "interior", "boundary")
     return tuple(f"class {i}" for i in range(n_classes))
+
+
+def cell_class_index(classes: Sequence[str]) -> int:
+    """Index of the class that means "cell" in a model's output: the one rule for it.
+
+    ``"interior"`` for a three-class model (background / interior / boundary):
+    cells are grown from their interior, and the boundary class marks where they
+    touch. Otherwise ``"cell"``, or, for classes without those names, the last
+    class (the first is background).
+
+    >>> cell_class_index(("background", "cell"))
+    1
+    >>> cell_class_index(("background", "interior", "boundary"))
+    1
+    """
+    names = [str(c).lower() for c in classes]
+    if not names:
+        raise ValueError("a model needs at least one class")
+    for name in ("interior", "cell"):
+        if name in names:
+            return names.index(name)
+    return len(names) - 1
+
+
+def cell_probability(probabilities: Any, classes: Sequence[str]) -> Any:
+    """The per-pixel probability of "cell" (see :func:`cell_class_index`).
+
+    Parameters
+    ----------
+    probabilities : array-like
+        Class probabilities, classes first: ``(n_classes, ...)``; numpy, torch,
+        dask or zarr (indexed, never loaded whole).
+    classes : sequence of str
+        The model's class names (``model.classes``).
+
+    Returns
+    -------
+    array-like
+        ``probabilities[cell_class_index(classes)]``, a view where the input allows.
+    """
+    n = int(probabilities.shape[0])
+    if n != len(classes):
+        raise ValueError(f"probabilities hold {n} classes but the model has "
+                         f"{len(classes)} ({', '.join(classes)})")
+    return probabilities[cell_class_index(classes)]
 
 
 class InvalidInputShapeError(ValueError):

@@ -9,10 +9,12 @@ component. The result is fully determined by the seed.
 Three kinds of images are made (see :data:`KINDS`):
 
 ``"nuclei"`` (:func:`synthetic_nuclei`)
-    Fluorescence nuclei (DAPI/Hoechst-like): bright, textured, ellipse-like or
-    irregular blobs on a dark background, isolated, touching or in packed
-    clusters, with bright condensed mitotic cells, blur, uneven illumination,
-    out-of-focus haze, Poisson and Gaussian noise.
+    Widefield fluorescence nuclei (DAPI/Hoechst-like) of a range of sizes and
+    elongations, scattered or in colonies packed so tightly that they flatten
+    against each other along long contacts; chromatin texture, nucleoli, dim
+    nuclei next to bright ones, mitotic figures, debris; blur that varies across
+    the field, haze, uneven background, vignetting, Poisson-Gaussian camera
+    noise, and integer data that use only a part of their dtype's range.
 ``"membranes"`` (:func:`synthetic_membranes`)
     Packed cells outlined by their membranes: electron-microscopy-like (dark
     membranes, textured gray cytoplasm with organelles, as in the ISBI 2012 EM
@@ -60,7 +62,7 @@ RngLike = np.random.Generator | np.random.SeedSequence | int | None
 
 # Harmonics 2..7 perturb the radius of star-convex cells.
 _HARMONICS = np.arange(2, 8)
-# Maximum value of a uint16 image (12-bit camera range).
+# Saturation of a 12-bit camera: uint16 membrane and phase images stop there.
 _MAX12 = 4095
 
 
@@ -199,12 +201,16 @@ def _spots(
     return field
 
 
-def _to_dtype(image: np.ndarray, dtype: np.dtype, scale: float, offset: float) -> np.ndarray:
-    """Map relative intensities to ``dtype`` units: ``image * scale + offset``, clipped."""
+def _to_dtype(
+    image: np.ndarray, dtype: np.dtype, scale: float, offset: float, top: float | None = None
+) -> np.ndarray:
+    """Map relative intensities to ``dtype`` units: ``image * scale + offset``, rounded
+    and clipped to ``top`` (the camera's saturation; default: the dtype's range, [0, 1]
+    for float32)."""
     out = image * np.float32(scale) + np.float32(offset)
     if dtype == np.float32:
         return np.clip(out, 0.0, 1.0).astype(np.float32)
-    top = 255 if dtype == np.uint8 else _MAX12
+    top = np.iinfo(dtype).max if top is None else min(top, np.iinfo(dtype).max)
     return np.clip(np.rint(out), 0, top).astype(dtype)
 
 
@@ -298,6 +304,23 @@ def _place(
     return centres[placed], placed
 
 
+def _shape_window(centre: Any, reach: float, shape: tuple[int, int], radii: Any, aspect: Any,
+                  angle: Any, coef: Any) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The window ``(y0, y1, x0, x1)`` around one cell within ``reach`` of its centre, and the
+    normalised radius of each of its pixels (1 on the cell's outline); None off the image."""
+    h, w = shape
+    cy, cx = centre
+    y0, y1 = max(int(np.floor(cy - reach)), 0), min(int(np.ceil(cy + reach)) + 1, h)
+    x0, x1 = max(int(np.floor(cx - reach)), 0), min(int(np.ceil(cx + reach)) + 1, w)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    # a tiny offset keeps the direction defined at the centre
+    dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy) + np.float32(1e-3))[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx) + np.float32(1e-3))[None, :]
+    d = np.hypot(dy, dx)
+    return (y0, y1, x0, x1), d / _radius(dx / d, dy / d, radii, aspect, angle, coef)
+
+
 def _radius(
     cos: np.ndarray,
     sin: np.ndarray,
@@ -350,17 +373,11 @@ def _star_cells(
     )
     reach = bound.max(axis=1) * 1.08 + 1.0
     for i in range(n):
-        cy, cx = centres[i]
-        rr = reach[i]
-        y0, y1 = max(int(np.floor(cy - rr)), 0), min(int(np.ceil(cy + rr)) + 1, h)
-        x0, x1 = max(int(np.floor(cx - rr)), 0), min(int(np.ceil(cx + rr)) + 1, w)
-        if y0 >= y1 or x0 >= x1:
+        found = _shape_window(centres[i], reach[i], (h, w), radii[i], aspect[i], angle[i],
+                              coef[i])
+        if found is None:
             continue
-        # a tiny offset keeps the direction defined at the centre
-        dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy) + np.float32(1e-3))[:, None]
-        dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx) + np.float32(1e-3))[None, :]
-        d = np.hypot(dy, dx)
-        q = d / _radius(dx / d, dy / d, radii[i], aspect[i], angle[i], coef[i])
+        (y0, y1, x0, x1), q = found
         sub = rho[y0:y1, x0:x1]
         win = q < np.minimum(sub, 1.0)
         sub[win] = q[win]
@@ -467,6 +484,310 @@ def _layout(
 
 # ------------------------------------------------------------------------------- nuclei
 
+#: Ways a nucleus looks in mitosis: condensed (prophase-like), a bar (metaphase plate seen
+#: edge-on) or two parallel bars (anaphase, two labels).
+_MITOSIS_STAGES = ("condensed", "metaphase", "anaphase")
+
+
+def _relax(
+    centres: np.ndarray,
+    radii: np.ndarray,
+    *,
+    sep: float,
+    anchors: np.ndarray | None = None,
+    pull: float = 0.0,
+    iterations: int = 30,
+) -> np.ndarray:
+    """Soft-disk packing: push cells closer than ``sep * (r_i + r_j)`` apart.
+
+    Each cell with a finite row in ``anchors`` (segment ends ``r0, c0, r1, c1``: the
+    spine of its cluster) is also pulled toward the nearest point of its segment by
+    ``pull * r_i`` per iteration, so that clusters pack densely and take round or
+    elongated shapes. Small cells give way more than large ones. The last quarter of
+    the iterations only pushes apart.
+    """
+    from scipy.spatial import cKDTree
+
+    c = np.array(centres, float, copy=True)
+    n = len(c)
+    if n == 0:
+        return c
+    radii = np.asarray(radii, float)
+    reach = sep * 2 * radii.max()
+    mass = radii**2
+    pulled = None if anchors is None else np.isfinite(anchors[:, 0])
+    for it in range(iterations):
+        if pulled is not None and pulled.any() and it < iterations * 3 // 4:
+            a, b = anchors[pulled, :2], anchors[pulled, 2:]
+            ab = b - a
+            t = np.clip(((c[pulled] - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-9), 0, 1)
+            d = a + t[:, None] * ab - c[pulled]
+            dist = np.hypot(d[:, 0], d[:, 1])
+            step = np.minimum(dist, pull * radii[pulled])
+            c[pulled] += d * (step / np.maximum(dist, 1e-9))[:, None]
+        pairs = cKDTree(c).query_pairs(reach, output_type="ndarray")
+        if pairs.size == 0:
+            continue
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = c[j] - c[i]
+        dist = np.hypot(d[:, 0], d[:, 1]) + 1e-9
+        over = sep * (radii[i] + radii[j]) - dist
+        hit = over > 0
+        if not hit.any():
+            if pulled is None or it >= iterations * 3 // 4:
+                break
+            continue
+        i, j, d, dist, over = i[hit], j[hit], d[hit], dist[hit], over[hit]
+        u = d / dist[:, None]
+        share = mass[j] / (mass[i] + mass[j])
+        for axis in (0, 1):
+            c[:, axis] -= 0.6 * np.bincount(i, u[:, axis] * over * share, n)
+            c[:, axis] += 0.6 * np.bincount(j, u[:, axis] * over * (1 - share), n)
+    return c
+
+
+def _drop_crowded(centres: np.ndarray, radii: np.ndarray, sep: float) -> np.ndarray:
+    """Mask of the cells kept when, in order, every cell closer than ``sep * (r_i + r_j)``
+    to an earlier kept cell is dropped."""
+    from scipy.spatial import cKDTree
+
+    n = len(centres)
+    keep = np.ones(n, bool)
+    if n < 2:
+        return keep
+    pairs = cKDTree(centres).query_pairs(sep * 2 * radii.max(), output_type="ndarray")
+    if pairs.size == 0:
+        return keep
+    i, j = pairs.min(axis=1), pairs.max(axis=1)
+    dist = np.hypot(*(centres[i] - centres[j]).T)
+    bad = dist < sep * (radii[i] + radii[j])
+    i, j = i[bad], j[bad]
+    for a, b in sorted(zip(i.tolist(), j.tolist())):
+        if keep[a]:
+            keep[b] = False
+    return keep
+
+
+def _soft_cells(
+    shape: tuple[int, int],
+    centres: np.ndarray,
+    cells: dict[str, np.ndarray],
+    inflate: float,
+    passes: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise star-convex cells that flatten against each other like soft bodies.
+
+    A pixel goes to the cell with the smallest ``q = rho / s`` among those with
+    ``q < 1``, where ``rho`` is the pixel's normalised radius in the cell's outline
+    and ``s >= 1`` the cell's swelling. Overlapping outlines first meet along a
+    straight or gently curved contact (a chord of the overlap); then every cell that
+    lost area to its neighbours swells (``s`` up to ``inflate``) until it has its
+    area back, which lengthens the contacts, flattens the cells against each other
+    and fills the narrow gaps in packed clusters, as soft nuclei pressed together do.
+    Returns labels 1..n (some possibly absent) and the winning ``q`` (inf outside).
+    """
+    h, w = shape
+    n = len(cells["radii"])
+    labels = np.zeros(shape, np.int32)
+    best = np.full(shape, np.inf, np.float32)
+    if n == 0:
+        return labels, best
+    radii, aspect, angle = cells["radii"], cells["aspect"], cells["angle"]
+    coef = (cells["amp"] * np.exp(1j * cells["phase"])).astype(np.complex64)
+    t = np.linspace(0, 2 * np.pi, 96, endpoint=False)[None, :]
+    bound = _radius(
+        np.cos(t), np.sin(t), radii[:, None], aspect[:, None], angle[:, None], coef[:, None, :]
+    )
+    reach = bound.max(axis=1) * 1.05 * max(inflate, 1.0) + 1.0
+    crops: list[tuple[int, slice, slice, np.ndarray]] = []
+    target = np.zeros(n + 1)
+    for i in range(n):
+        found = _shape_window(centres[i], reach[i], (h, w), radii[i], aspect[i], angle[i],
+                              coef[i])
+        if found is None:
+            continue
+        (y0, y1, x0, x1), rho = found
+        if not (rho < max(inflate, 1.0)).any():
+            continue
+        crops.append((i, slice(y0, y1), slice(x0, x1), rho.astype(np.float32)))
+        target[i + 1] = np.count_nonzero(rho < 1)
+    swell = np.ones(n + 1, np.float32)
+    for p in range(passes + 1):
+        labels[:] = 0
+        best[:] = np.inf
+        for i, sy, sx, rho in crops:
+            q = rho / swell[i + 1]
+            sub = best[sy, sx]
+            win = q < np.minimum(sub, 1.0)
+            sub[win] = q[win]
+            labels[sy, sx][win] = i + 1
+        if p == passes or inflate <= 1.0:
+            break
+        area = np.bincount(labels.ravel(), minlength=n + 1).astype(float)
+        lost = target > 0
+        ratio = np.ones(n + 1)
+        ratio[lost] = target[lost] / np.maximum(area[lost], 1.0)
+        swell = np.clip(swell * np.sqrt(ratio), 1.0, inflate).astype(np.float32)
+    return labels, best
+
+
+def _nucleus_shapes(
+    n: int, r0: float, spread: float, lo: float, hi: float, elongation: float,
+    irregularity: float, g: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Radii (log-normal around ``r0``), aspect ratios, orientations and smooth outline
+    harmonics of ``n`` interphase nuclei: ellipses, ovals, beans, rarely lobed."""
+    radii = np.clip(r0 * np.exp(spread * g.standard_normal(n)), lo, hi)
+    aspect = np.exp(np.abs(elongation * g.standard_normal(n)))
+    angle = g.uniform(0, np.pi, n)
+    irr = irregularity * g.uniform(0.2, 1.5, n)
+    amp = g.standard_normal((n, _HARMONICS.size)) * irr[:, None] / _HARMONICS**1.8
+    phase = g.uniform(0, 2 * np.pi, (n, _HARMONICS.size))
+    return {"radii": radii, "aspect": aspect, "angle": angle, "amp": amp, "phase": phase}
+
+
+def _nucleus_layout(
+    shape: tuple[int, int],
+    radii: np.ndarray,
+    *,
+    layout: str,
+    touching: float,
+    margin: float,
+    r0: float,
+    g: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of nuclei (in the order of ``radii``) and a mask of those kept.
+
+    ``"random"``: uniform scatter, relaxed until no two are closer than
+    ``sep * (r_i + r_j)`` with ``sep`` from 1.25 (apart) to 0.7 (pressed together).
+    ``"clustered"``: most cells belong to colonies of 3-40 cells, each pulled toward
+    its spine (a point or a short segment) while pushing its neighbours away, which
+    packs them into round or elongated clusters; ``touching`` sets how hard they are
+    pressed together (``sep`` 1.05 down to 0.72).
+    """
+    h, w = shape
+    n = len(radii)
+    lo = np.array([-margin, -margin])
+    size = np.array([h + 2 * margin, w + 2 * margin])
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0, bool)
+    centres = lo + g.random((n, 2)) * size
+    anchors = None
+    if layout == "clustered":
+        sep = 1.05 - 0.33 * touching
+        scatter = g.uniform(0.0, 0.3)
+        per = np.exp(g.uniform(np.log(3), np.log(40)))
+        k = max(1, int(round(n * (1 - scatter) / per)))
+        member = g.random(n) >= scatter
+        which = g.integers(0, k, n)
+        mid = lo + g.random((k, 2)) * size
+        count = np.bincount(which[member], minlength=k)
+        extent = r0 * np.sqrt(np.maximum(count, 1)) * 0.9
+        half = extent * g.uniform(0.0, 1.6, k)  # half-length of the spine
+        theta = g.uniform(0, np.pi, k)
+        u = np.column_stack([np.cos(theta), np.sin(theta)]) * half[:, None]
+        spines = np.column_stack([mid - u, mid + u])
+        anchors = np.full((n, 4), np.nan)
+        anchors[member] = spines[which[member]]
+        along = g.uniform(0, 1, n)[:, None]
+        start = spines[which, :2] + along * (spines[which, 2:] - spines[which, :2])
+        jitter = g.standard_normal((n, 2)) * (0.5 * extent[which])[:, None]
+        centres = np.where(member[:, None], start + jitter, centres)
+        pull = 0.06 + 0.12 * touching
+    else:
+        sep = 1.25 - 0.55 * touching
+        pull = 0.0
+    centres = _relax(centres, radii, sep=sep, anchors=anchors, pull=pull, iterations=40)
+    keep = _drop_crowded(centres, radii, sep * (1.0 if touching == 0 else 0.85))
+    return centres, keep
+
+
+def _mitoses(
+    cells: dict[str, np.ndarray], centres: np.ndarray, mito: np.ndarray,
+    g: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Turn the cells flagged in ``mito`` into mitotic figures: condensed round
+    chromatin, a metaphase bar, or an anaphase pair of parallel bars (two cells).
+    Returns the new cells, centres and the stage of each cell (-1 interphase)."""
+    n = len(centres)
+    stage = np.full(n, -1)
+    stage[mito] = g.integers(0, len(_MITOSIS_STAGES), int(mito.sum()))
+    cells = {k: v.copy() for k, v in cells.items()}
+    r = cells["radii"]
+    cond = stage == 0
+    r[cond] *= g.uniform(0.55, 0.8, int(cond.sum()))
+    cells["aspect"][cond] = g.uniform(1.0, 1.4, int(cond.sum()))
+    bars = stage >= 1
+    r[bars] *= g.uniform(0.4, 0.6, int(bars.sum()))
+    cells["aspect"][bars] = g.uniform(2.0, 4.0, int(bars.sum()))
+    cells["amp"][mito] *= 0.5
+    pairs = np.flatnonzero(stage == 2)
+    if pairs.size == 0:
+        return cells, centres, stage
+    # the second bar of each anaphase: parallel, across the short axis of the first
+    r[pairs] *= 0.8
+    minor = r[pairs] / np.sqrt(cells["aspect"][pairs])
+    gap = minor * g.uniform(2.5, 5.0, pairs.size)
+    # _radius puts the long axis along (row, col) = (sin, cos) of the angle
+    normal = np.column_stack([np.cos(cells["angle"][pairs]), -np.sin(cells["angle"][pairs])])
+    offset = normal * gap[:, None] / 2
+    twin = {k: v[pairs].copy() for k, v in cells.items()}
+    twin["phase"] = twin["phase"] + g.uniform(0, 2 * np.pi, twin["phase"].shape)
+    centres = np.concatenate([centres, centres[pairs] - offset])
+    centres[pairs] += offset
+    cells = {k: np.concatenate([v, twin[k]]) for k, v in cells.items()}
+    stage = np.concatenate([stage, np.full(pairs.size, 2)])
+    return cells, centres, stage
+
+
+def _vignetting(shape: tuple[int, int], amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Radial fall-off of the light toward the edge of the field of view (``1 - amount``
+    at one field radius from the optical axis), for an image that may be an off-centre
+    crop of the field."""
+    h, w = shape
+    cy = h / 2 + rng.uniform(-0.5, 0.5) * h
+    cx = w / 2 + rng.uniform(-0.5, 0.5) * w
+    field = np.hypot(h, w) / 2 * rng.uniform(0.9, 1.6)
+    rows = ((np.arange(h, dtype=np.float32) - cy) / field)[:, None]
+    cols = ((np.arange(w, dtype=np.float32) - cx) / field)[None, :]
+    return np.clip(1.0 - amount * (rows**2 + cols**2), 0.15, 1.0).astype(np.float32)
+
+
+def _variable_blur(image: np.ndarray, sigma: float, extra: np.ndarray, spread: float
+                   ) -> np.ndarray:
+    """Gaussian blur whose sigma is ``sigma + spread * extra`` at each pixel
+    (``extra`` in [0, 1]): the image blurred at four sigmas, interpolated."""
+    if spread < 0.15:
+        return _blur(image, sigma + spread * float(extra.mean()))
+    levels = np.linspace(0.0, 1.0, 4)
+    stack = [_blur(image, sigma + spread * lv) for lv in levels]
+    x = np.clip(extra, 0, 1) * (len(levels) - 1)
+    k = np.minimum(x.astype(np.intp), len(levels) - 2)
+    f = (x - k).astype(np.float32)
+    out = np.zeros_like(image)
+    for j in range(len(levels) - 1):
+        sel = k == j
+        out[sel] = stack[j][sel] * (1 - f[sel]) + stack[j + 1][sel] * f[sel]
+    return out
+
+
+def _dynamic_range(dtype: np.dtype, g: np.random.Generator) -> tuple[float, float, float]:
+    """A typical nucleus level (output units above the offset), a camera offset and the
+    saturation value, as microscopes store data: 8-bit files that use a part of 0-255;
+    16-bit files holding 8-bit data (values up to ~250), 12-bit camera data (saturating
+    at 4095, with an offset) or 16-bit sCMOS data; float32 in [0, 1]."""
+    if dtype == np.float32:
+        return _log_uniform(g, 0.08, 0.6), 0.0, 1.0
+    if dtype == np.uint8:
+        return _log_uniform(g, 12, 110), float(g.choice([0.0, 0.0, g.uniform(1, 12)])), 255.0
+    mode = g.random()
+    if mode < 0.35:  # 8-bit data in a 16-bit file
+        return _log_uniform(g, 12, 110), float(g.choice([0.0, g.uniform(1, 12)])), 255.0
+    if mode < 0.7:  # 12-bit camera
+        return _log_uniform(g, 120, 1800), g.uniform(0, 220), float(_MAX12)
+    offset = float(g.choice([100.0, 400.0, g.uniform(50, 1000)]))
+    return _log_uniform(g, 400, 15000), offset, 65535.0
+
 
 def synthetic_nuclei(
     shape: tuple[int, int] | int = (256, 256),
@@ -481,80 +802,122 @@ def synthetic_nuclei(
     irregularity: float | None = None,
     mitotic: float | None = None,
     brightness_spread: float | None = None,
+    dim: float | None = None,
     texture: float | None = None,
+    nucleoli: float | None = None,
+    debris: float | None = None,
     blur: float | None = None,
+    defocus: float | None = None,
     background: float | None = None,
     gradient: float | None = None,
+    vignetting: float | None = None,
     photons: float | None = None,
     read_noise: float | None = None,
+    level: float | None = None,
+    offset: float | None = None,
     invert: bool = False,
     dtype: Any = "uint8",
     rng: RngLike = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fluorescence nuclei (DAPI/Hoechst-like) with exact instance labels.
+    """Fluorescence nuclei (DAPI/Hoechst-like) as a widefield microscope records them,
+    with exact instance labels.
 
-    Nuclei are star-convex shapes (area-preserving ellipses whose radius is
-    perturbed by low harmonics: round, oval, kidney-shaped or lobed) with one
-    typical radius per image and a spread around it. They are scattered or
-    packed in clusters; where outlines overlap, each pixel goes to the nearer
-    cell (relative to its size), so cells touch along a curved line but never
-    overlap. A few mitotic cells are small, elongated, bright and condensed.
-    Intensity varies between cells (log-normal brightness) and within them
-    (dome profile, chromatin texture, nucleoli-like dark or chromocenter-like
-    bright spots); the image is blurred by a Gaussian PSF, lit unevenly, hazed
-    by out-of-focus light, offset by background and corrupted by Poisson shot
-    noise and Gaussian read noise.
+    **Geometry.** Nuclei are ellipses, ovals and beans (area-preserving ellipses
+    whose radius is perturbed by smooth low harmonics) with a typical radius per
+    image, a log-normal spread of sizes and a spread of elongations around it.
+    They are scattered, or gathered in colonies packed by a soft-body relaxation
+    (each cell pushes its neighbours away while the colony pulls it in). Where
+    nuclei press on each other they flatten: the outlines are cut along a contact
+    line, and each cell that lost area swells elsewhere until its area is back,
+    which makes long flat contacts and closes the gaps in packed clusters. Labels
+    are exact: every nucleus has its own id, and touching nuclei touch in the
+    labels where their pixels meet. A few cells are in mitosis: condensed,
+    metaphase bars or anaphase pairs of bars (two labels), small and bright.
 
-    Every argument left as None is drawn at random from a realistic range.
+    **Appearance.** Brightness varies between nuclei (log-normal spread, plus a
+    share of dim nuclei next to bright ones) and within them: a dome-shaped
+    profile (the thickness of the nucleus), chromatin texture at two scales, dark
+    nucleoli, sometimes bright chromocentres or a brighter heterochromatin rim,
+    and a slightly dimmer contact line between touching nuclei. Unlabelled debris
+    (small bright specks) lies on the background. The optics blur the image with a
+    sigma that varies across the field (a tilted or uneven sample) and more for
+    some out-of-focus nuclei, and add haze from out-of-focus light. The sample
+    sits on an uneven background, under an illumination ramp and vignetting. The
+    camera adds Poisson shot noise and Gaussian read noise, an offset and
+    quantisation, and the data use only a part of the dtype's range (for example
+    8-bit values stored in a uint16 file, or 12-bit camera data).
+
+    Every argument left as None is drawn at random from a realistic range, and
+    fixing one leaves every other random choice of the same seed unchanged.
 
     Parameters
     ----------
     shape : (int, int) or int
         Image shape (rows, cols); default 256 x 256.
     n_cells : int, optional
-        Number of nuclei to try to place (fewer fit when crowded; cells falling
-        outside the image or under 5 pixels are dropped). Overrides ``density``.
+        Number of nuclei to place (cells pushed out of the image, crowded out or
+        under 5 pixels are dropped; an anaphase counts twice). Overrides ``density``.
     radius : (float, float)
         Range of interphase nucleus radii in pixels. Each image draws a typical
         radius in it (log-uniformly) and cells spread around that, clipped to the
-        range. Mitotic cells are 0.5-0.75 times smaller.
+        range. Mitotic figures are 0.4-0.8 times smaller.
     density : float, optional
-        Fraction of the area covered by nuclei, 0-1 (random 0.05-0.45).
+        Fraction of the area covered by nuclei before packing, 0-1 (random 0.05-0.45).
     touching : float, optional
-        0 keeps nuclei apart, 1 packs them so they touch and flatten against
-        each other (random 0-1).
+        0 keeps nuclei apart; 1 presses them together so that they flatten along
+        long contacts (random 0-1).
     layout : {"random", "clustered"}, optional
-        Uniform scatter, or clumps of 4-25 cells packed next to each other
-        (random, 40 % clustered).
+        Uniform scatter, or colonies of 3-40 packed cells (random, half each).
     size_spread : float, optional
         Log-normal spread of radii within the image (random 0.05-0.3).
     elongation : float, optional
-        Spread of log aspect ratios (0 = round; random 0-0.5).
+        Spread of log aspect ratios (0 = round; random 0.1-0.8: median aspect ratio
+        1.05-1.7).
     irregularity : float, optional
-        Amplitude of the outline perturbation (0 = ellipses; random 0.02-0.3).
+        Amplitude of the outline perturbation (0 = ellipses; random 0-0.25).
     mitotic : float, optional
-        Fraction of cells that are mitotic (random 0-0.06).
+        Fraction of cells in mitosis (random 0-0.06).
     brightness_spread : float, optional
         Log-normal spread of nucleus brightness (random 0.1-0.5).
+    dim : float, optional
+        Fraction of nuclei 2-4 times dimmer than the rest (random 0-0.25).
     texture : float, optional
         Amplitude of the chromatin texture within nuclei (random 0.03-0.35).
+    nucleoli : float, optional
+        Contrast of the dark nucleoli, 0-1 (0 = none; random 0-0.6).
+    debris : float, optional
+        Unlabelled bright specks per 100 x 100 pixels of background (random 0-0.8).
     blur : float, optional
-        Gaussian PSF sigma in pixels (random 0.5-2).
+        Gaussian PSF sigma in pixels where the sample is in focus (random 0.6-2.2, at
+        most 0.4 + 0.3 times the typical radius: small nuclei mean a low magnification).
+    defocus : float, optional
+        Extra blur sigma in pixels at the most out-of-focus places and nuclei
+        (0 = the same blur everywhere; random from 0 to a quarter of the typical
+        radius, at most 3).
     background : float, optional
-        Background level relative to a typical nucleus (random 0.005-0.3).
+        Background (autofluorescence, stray light) relative to a typical nucleus
+        (random 0.01-0.6, log-uniform).
     gradient : float, optional
-        Strength of the uneven illumination (random 0-0.5).
+        Strength of the uneven illumination: ramp and smooth shading (random 0-0.5).
+    vignetting : float, optional
+        Relative fall-off of the light at the edge of the field of view (random 0-0.5).
     photons : float, optional
         Expected photon count at a typical nucleus intensity: lower is noisier
-        (random 10-1500, log-uniform).
+        (random 10-3000, log-uniform).
     read_noise : float, optional
-        Gaussian noise std relative to a typical nucleus intensity (random 0-0.04).
+        Gaussian noise std relative to a typical nucleus intensity (random 0.003-0.12,
+        log-uniform, and at least 0.7 / ``photons``: 0.7 electrons of read noise).
+    level : float, optional
+        Intensity of a typical nucleus in the output, in output units above the
+        offset (random per dtype: 12-110 for uint8; for uint16 8-bit data 12-110,
+        12-bit data 120-1800 or 16-bit data 400-15000; 0.08-0.6 for float32).
+    offset : float, optional
+        Camera offset added to every pixel, in output units (random per dtype).
     invert : bool
         Dark nuclei on a bright background, like stained brightfield images.
     dtype : {"uint8", "uint16", "float32"}
-        uint8 uses 0-255; uint16 uses a 12-bit camera range (0-4095, with an
-        offset); float32 lies in [0, 1]. A typical nucleus lands at a random
-        fraction of the range (dim to nearly saturated).
+        Output type: uint8 and uint16 are clipped to their full range, float32 to
+        [0, 1]. How much of the range is used is set by ``level`` and ``offset``.
     rng : numpy.random.Generator or int, optional
         Random generator or seed; the result is fully determined by a seed.
 
@@ -579,37 +942,62 @@ def synthetic_nuclei(
     shape = _check_shape(shape)
     lo, hi = _check_range("radius", radius, low=1.0)
     dt = _check_dtype(dtype)
-    p, g, t, z = _streams(rng, 4)
+    # separate streams: parameters, geometry, per-cell looks, camera noise, dynamic range,
+    # nucleoli and chromocentres, debris, optics (blur field, background, illumination)
+    p, g, t, z, o, k, d, f = _streams(rng, 8)
 
     # Parameters, always drawn in this order.
     density = _check_unit("density", _pick(density, p.uniform(0.05, 0.45)))
     touching = _check_unit("touching", _pick(touching, p.uniform(0, 1)))
-    layout = _pick(layout, "clustered" if p.random() < 0.4 else "random")
+    layout = _pick(layout, "clustered" if p.random() < 0.5 else "random")
     if layout not in ("random", "clustered"):
         raise ValueError(f"layout must be 'random' or 'clustered', got {layout!r}")
     size_spread = float(_pick(size_spread, p.uniform(0.05, 0.3)))
-    elongation = float(_pick(elongation, p.uniform(0, 0.5)))
-    irregularity = float(_pick(irregularity, p.uniform(0.02, 0.3)))
+    elongation = float(_pick(elongation, p.uniform(0.1, 0.8)))
+    irregularity = float(_pick(irregularity, p.uniform(0.0, 0.25)))
     mitotic = _check_unit("mitotic", _pick(mitotic, p.uniform(0, 0.06)))
     brightness_spread = float(_pick(brightness_spread, p.uniform(0.1, 0.5)))
+    dim = _check_unit("dim", _pick(dim, p.uniform(0, 0.25)))
     texture = float(_pick(texture, p.uniform(0.03, 0.35)))
-    blur = float(_pick(blur, p.uniform(0.5, 2.0)))
-    background = float(_pick(background, _log_uniform(p, 0.005, 0.3)))
+    nucleoli = _check_unit("nucleoli", _pick(nucleoli, p.uniform(0, 0.6)))
+    debris = float(_pick(debris, p.uniform(0, 0.8)))
+    blur_u = p.uniform(0.6, 2.2)
+    defocus_u = p.uniform(0, 1)
+    background = float(_pick(background, _log_uniform(p, 0.01, 0.6)))
     gradient = float(_pick(gradient, p.uniform(0, 0.5)))
-    photons = float(_pick(photons, _log_uniform(p, 10, 1500)))
-    read_noise = float(_pick(read_noise, p.uniform(0, 0.04)))
-    if photons <= 0 or read_noise < 0 or blur < 0 or background < 0:
-        raise ValueError("photons must be > 0; read_noise, blur and background >= 0")
+    vignetting = _check_unit("vignetting", _pick(vignetting, p.uniform(0, 0.5)), upper=0.85)
+    photons = float(_pick(photons, _log_uniform(p, 10, 3000)))
+    # a camera's read noise is at least ~0.7 electrons: it also hides the steps of single
+    # photons in the output units when a photon is worth many of them
+    read_noise = float(_pick(read_noise, max(_log_uniform(p, 0.003, 0.12), 0.7 / photons)))
+    drawn_level, drawn_offset, saturation = _dynamic_range(dt, o)
+    if invert:  # a bright field fills much of the range
+        drawn_level = saturation * o.uniform(0.5, 0.9)
+    if level is not None:
+        saturation = None  # the dtype's range
+    level = float(_pick(level, drawn_level))
+    offset = float(_pick(offset, drawn_offset))
+    if photons <= 0 or read_noise < 0 or background < 0:
+        raise ValueError("photons must be > 0; read_noise and background >= 0")
+    if debris < 0 or texture < 0 or level <= 0 or offset < 0:
+        raise ValueError("debris, texture and offset must be >= 0 and level > 0")
     haze = p.uniform(0, 0.25)
     haze_sigma = p.uniform(5, 20)
-    spot_rate = p.uniform(0, 3)
-    spot_amp = p.uniform(-0.6, 0.7)
-    seam = p.uniform(0, 0.45)
-    level_u, offset_u = p.random(), p.random()
+    seam = p.uniform(0, 0.35)
+    out_of_focus = p.uniform(0, 0.2)  # share of nuclei in another focal plane
+    chromocentres = p.uniform(0.3, 1.0) if p.random() < 0.3 else 0.0
+    rim = p.uniform(0.1, 0.5) if p.random() < 0.3 else 0.0
+    uneven_bg = p.uniform(0, 0.5)
+    contact_depth = p.uniform(0.3, 1.0)
 
     # Geometry.
     h, w = shape
     r0 = _log_uniform(g, lo, hi)
+    # the depth of field in pixels grows with the magnification, as the nuclei do
+    defocus = float(_pick(defocus, defocus_u * min(3.0, 0.25 * r0)))
+    blur = float(_pick(blur, min(blur_u, 0.4 + 0.3 * r0)))
+    if defocus < 0 or blur < 0:
+        raise ValueError(f"blur and defocus must be >= 0, got {blur} and {defocus}")
     margin = hi
     if n_cells is None:
         area = (h + 2 * margin) * (w + 2 * margin)
@@ -618,59 +1006,92 @@ def synthetic_nuclei(
         n = int(n_cells)
         if n < 0:
             raise ValueError(f"n_cells must be >= 0, got {n_cells}")
-    cells = _shapes(n, r0, size_spread, lo, hi, elongation, irregularity, g)
+    cells = _nucleus_shapes(n, r0, size_spread, lo, hi, elongation, irregularity, g)
     mito = g.random(n) < mitotic
-    cells["radii"][mito] *= g.uniform(0.5, 0.75, int(mito.sum()))
-    cells["aspect"][mito] = g.uniform(1.2, 2.8, int(mito.sum()))
-    cells["amp"][mito] *= 0.3
-    cells["mito"] = mito.astype(float)
-    if layout == "clustered":
-        sep = 1.0 - 0.35 * touching
-    else:
-        sep = 1.25 - 0.6 * touching
-    centres, cells = _layout(shape, cells, layout=layout, sep=sep, margin=margin, r0=r0, g=g)
-    labels, rho = _star_cells(shape, centres, cells)
+    order = np.argsort(-cells["radii"], kind="stable")  # large cells first
+    cells = {k: v[order] for k, v in cells.items()}
+    mito = mito[order]
+    footprint = cells["radii"] * cells["aspect"] ** 0.25
+    centres, keep = _nucleus_layout(shape, footprint, layout=layout, touching=touching,
+                                    margin=margin, r0=r0, g=g)
+    cells = {k: v[keep] for k, v in cells.items()}
+    centres, mito = centres[keep], mito[keep]
+    cells, centres, stage = _mitoses(cells, centres, mito, g)
+    inflate = 1.0 + 0.35 * touching
+    labels, q = _soft_cells(shape, centres, cells, inflate)
     labels, old = _clean(labels, min_area=5)
     m = old.size
 
     # Per-cell appearance (index 0 = background).
-    is_mito = np.concatenate([[False], cells["mito"][old - 1] > 0])
+    st = np.concatenate([[-1], stage[old - 1]])
+    is_mito = st >= 0
     bright = np.exp(brightness_spread * t.standard_normal(m + 1))
-    bright[is_mito] *= t.uniform(1.8, 3.5, int(is_mito.sum()))
-    edge = t.uniform(0.0, 0.45, m + 1)
+    bright[t.random(m + 1) < dim] *= t.uniform(0.25, 0.5)
+    bright[is_mito] = np.exp(0.2 * t.standard_normal(int(is_mito.sum()))) * t.uniform(1.8, 3.5)
+    edge = t.uniform(0.3, 1.0, m + 1)
     power = t.uniform(1.5, 6.0, m + 1)
-    tex_amp = texture * t.uniform(0.5, 1.5, m + 1)
-    tex_amp[is_mito] = np.maximum(tex_amp[is_mito] * 2, 0.3)
-    edge[is_mito] *= 0.3
+    # chromatin texture finer than the optics resolve fades in small (low-magnification) nuclei
+    tex_amp = texture * min(1.0, r0 / 8) * t.uniform(0.5, 1.5, m + 1)
+    tex_amp[is_mito] = np.maximum(tex_amp[is_mito] * 1.5, 0.35)
+    focus = np.where(t.random(m + 1) < out_of_focus, t.uniform(0.5, 1.0, m + 1), 0.0)
+    focus[0] = 0.0
 
     inside = labels > 0
     lab_in = labels[inside]
-    q = rho[inside]
-    fine = _smooth_noise(shape, t.uniform(0.7, 1.6), t)[inside]
+    # Depth below the outline: the normalised radius, or, near a contact with another
+    # nucleus, the distance to that contact, so that pressed nuclei still thin out
+    # toward each other and a darker seam shows where they meet.
+    r_cell = np.sqrt(np.bincount(lab_in, minlength=m + 1) / np.pi) + 1.0
+    depth = ndi.distance_transform_edt(inside & ~_edges(labels, between_cells=True))[inside]
+    qi = np.clip(np.maximum(q[inside], 1 - depth / (contact_depth * r_cell[lab_in])), 0, 1)
+    fine = _smooth_noise(shape, t.uniform(0.6, 1.2), t)[inside]
+    medium = _smooth_noise(shape, max(0.12 * r0 * t.uniform(0.7, 1.4), 1.0), t)[inside]
     coarse = _smooth_noise(shape, max(r0 * 0.5, 1.0), t)[inside]
-    profile = 1.0 - edge[lab_in] * q ** power[lab_in]
-    tex = 1.0 + tex_amp[lab_in] * fine + 0.4 * texture * coarse
+    profile = (1 - edge[lab_in]) + edge[lab_in] * np.sqrt(np.clip(1 - qi ** power[lab_in], 0, 1))
+    if rim > 0:
+        profile *= 1 + rim * np.exp(-(((1 - qi) / 0.15) ** 2)) * ~is_mito[lab_in]
+    tex = 1.0 + tex_amp[lab_in] * (0.6 * fine + 0.6 * medium) + 0.3 * texture * coarse
     signal = np.zeros(shape, np.float32)
     signal[inside] = bright[lab_in] * profile * np.clip(tex, 0.05, None)
-    core = np.flatnonzero(inside & (rho < 0.7))
-    n_spots = int(round(spot_rate * m))
-    spots = _spots(core, n_spots, max(0.8, 0.12 * r0 * t.uniform(0.6, 1.4)), shape, t)
-    signal *= np.clip(1.0 + spot_amp * spots, 0.2, None)
+    interphase = inside & ~is_mito[labels]
+    if nucleoli > 0 and r0 >= 3.5:
+        core = np.flatnonzero(interphase & (q < 0.65))
+        count = int(round(k.uniform(0.5, 2.5) * m))
+        holes = _spots(core, count, max(0.8, 0.14 * r0 * k.uniform(0.7, 1.3)), shape, k)
+        signal *= 1 - nucleoli * np.clip(holes, 0, 1)
+    if chromocentres > 0 and r0 >= 5:
+        core = np.flatnonzero(interphase & (q < 0.85))
+        count = int(round(k.uniform(2, 10) * m))
+        dots = _spots(core, count, max(0.6, 0.06 * r0), shape, k)
+        signal *= 1 + chromocentres * np.clip(dots, 0, 1.5)
     signal[_edges(labels, between_cells=True)] *= np.float32(1 - seam)  # dimmer contact line
+    if debris > 0:
+        free = ndi.distance_transform_edt(~inside) > 2 + 2 * blur
+        specks = int(d.poisson(debris * h * w / 1e4))
+        sigma = d.uniform(0.5, max(0.6, min(1.5, 0.25 * r0)))
+        dust = _spots(np.flatnonzero(free), specks, sigma, shape, d)
+        signal += dust * np.float32(d.uniform(0.3, 2.0))
 
-    illum = _illumination(shape, gradient, t)
-    bg = background * (1.0 + 0.3 * _smooth_noise(shape, max(h, w) / 6.0, t))
-    image = illum * (_blur(signal, blur) + haze * _blur(signal, haze_sigma) + bg)
+    # Optics: blur varying across the field and for out-of-focus nuclei, haze.
+    tilt = _illumination(shape, 1.0, f) - 1.0  # a smooth ramp plus unevenness
+    extra = np.clip(0.5 + 0.5 * tilt, 0, 1)
+    if out_of_focus > 0 and m:
+        extra = np.maximum(extra, _blur(focus[labels].astype(np.float32), max(1.0, r0 / 3)) * 1.3)
+    image = _variable_blur(signal, blur, extra, defocus)
+    if haze > 0:
+        image += haze * _blur(signal, haze_sigma)
+    bg = background * (1.0 + uneven_bg * _smooth_noise(shape, max(h, w) / 6.0, f))
+    light = _illumination(shape, gradient, f) * _vignetting(shape, vignetting, f)
+    image = light * (image + np.clip(bg, 0, None))
+
+    # Camera.
     if invert:
         # Absorbing stain on a bright field: transmitted light ~ exp(-absorbance).
-        white = illum * 0.9
-        image = white * np.exp(-0.9 * (image - illum * bg))
+        image = light * 0.9 * np.exp(-0.9 * (image - light * bg))
         image = _camera(image, photons * 3, read_noise, z)
     else:
         image = _camera(image, photons, read_noise, z)
-    frac = (0.5, 0.95) if invert else (0.12, 0.9)
-    scale, offset = _levels(dt, level_u, frac, offset_u)
-    return _to_dtype(image, dt, scale, offset), labels
+    return _to_dtype(image, dt, level, offset, top=saturation), labels
 
 
 # ---------------------------------------------------------------------------- membranes
@@ -854,7 +1275,7 @@ def synthetic_membranes(
         image = _camera(image, photons, noise, z)
         frac = (0.2, 0.9)
     scale, offset = _levels(dt, level_u, frac, offset_u)
-    return _to_dtype(image, dt, scale, offset), labels
+    return _to_dtype(image, dt, scale, offset, top=_MAX12), labels
 
 
 def _mitochondria(
@@ -1023,7 +1444,7 @@ def synthetic_phase_contrast(
     image = _blur(image.astype(np.float32), blur) * _illumination(shape, gradient, t)
     image += z.standard_normal(shape, dtype=np.float32) * np.float32(noise * 0.5)
     scale, offset = _levels(dt, level_u, (0.6, 1.3), offset_u)
-    return _to_dtype(image, dt, scale, offset), labels
+    return _to_dtype(image, dt, scale, offset, top=_MAX12), labels
 
 
 def _edges(labels: np.ndarray, between_cells: bool = False) -> np.ndarray:

@@ -40,12 +40,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .labels import check_labels, check_nonnegative
+
 __all__ = [
     "boundary_weight_map",
     "border_term",
     "class_weight_table",
     "carve_gaps",
     "training_targets",
+    "target_classes",
     "WeightMapCache",
     "IGNORE_INDEX",
     "cutoff_distance",
@@ -62,30 +65,16 @@ def cutoff_distance(sigma: float) -> float:
     return float(sigma) * math.sqrt(2.0 * math.log(1.0 / _EPS_FRACTION))
 
 
+_NEGATIVE_HINT = (
+    "; mark unannotated pixels with ignore_value= in training_targets, or set them to 0")
+
+
 def _as_labels(labels: Any, name: str = "labels") -> np.ndarray:
-    """The labels as an integer array of 2 or 3 dimensions (never a copy unless needed)."""
-    arr = np.asarray(labels)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{name} must be 2D (row, col) or a stack (plane, row, col), "
-                         f"got shape {arr.shape}; pass one image or a stack of planes")
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if (np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all()
-                and np.all(np.mod(arr, 1) == 0)):
-            return arr.astype(np.int64)
-        raise ValueError(
-            f"{name} must hold integer instance ids (0 = background), not {arr.dtype} values; "
-            "convert them with labels.astype(int) if they are whole numbers"
-        )
-    return arr
+    return check_labels(labels, name, nonnegative=False)
 
 
 def _check_nonnegative(lab: np.ndarray, name: str = "labels") -> None:
-    if lab.size and np.issubdtype(lab.dtype, np.signedinteger) and lab.min() < 0:
-        raise ValueError(f"{name} must be 0 (background) or positive cell ids, but hold "
-                         f"{int(lab.min())}; mark unannotated pixels with ignore_value= in "
-                         "training_targets, or set them to 0")
+    check_nonnegative(lab, name, _NEGATIVE_HINT)
 
 
 def _check_params(w0: float, sigma: float) -> None:
@@ -108,12 +97,16 @@ def _sampling(sampling: Any) -> tuple[float, float]:
 
 
 def border_term(
-    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, sampling: Any = None
+    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, sampling: Any = None,
+    *, inside_cells: bool = False,
 ) -> np.ndarray:
     """The border term ``w0·exp(-(d1+d2)²/(2σ²))`` of a 2D label image (0 inside cells).
 
     Exact (to float32) where it exceeds ``1e-6·w0``, exactly 0 elsewhere; see the
-    module notes for how it is computed.
+    module notes for how it is computed. With ``inside_cells`` the term is also
+    given on cell pixels (where ``d1`` is 0 and ``d2`` the distance to the nearest
+    other cell): a smooth field that can be interpolated when it is warped, and
+    that equals the weight map's border term wherever the pixel is background.
     """
     lab = _as_labels(labels)
     if lab.ndim != 2:
@@ -134,7 +127,7 @@ def border_term(
     if len(ids) < 2:
         return out
     background = lab == 0
-    if not background.any():
+    if not background.any() and not inside_cells:
         return out
     # the two smallest distances to cells, over the cells whose reach covers a pixel
     d1 = np.full(lab.shape, np.inf, np.float32)
@@ -154,7 +147,7 @@ def border_term(
         np.minimum(v2, np.maximum(v1, dist), out=v2)
         np.minimum(v1, dist, out=v1)
     total = d1 + d2
-    near = background & (total <= big)
+    near = (total <= big) if inside_cells else background & (total <= big)
     t = total[near].astype(np.float64)
     out[near] = (w0 * np.exp(-(t**2) / (2.0 * sigma**2))).astype(np.float32)
     return out
@@ -349,20 +342,8 @@ def training_targets(
     if ignore.any():
         lab = np.where(ignore, 0, lab)
     _check_nonnegative(lab)
-    if mode == "binary":
-        cells = carve_gaps(lab, gap)
-        classes = (cells > 0).astype(np.uint8)
-        n_classes = 2
-    else:
-        if gap < 1:
-            raise ValueError("the boundary mode needs gap >= 1 (the boundary width)")
-        cells = lab
-        inner = lab.copy()
-        for _ in range(int(gap)):
-            inner[_edges(inner)] = 0
-        classes = np.where(lab > 0, 2, 0).astype(np.uint8)
-        classes[inner > 0] = 1
-        n_classes = 3
+    classes, cells = target_classes(lab, gap=gap, mode=mode)
+    n_classes = 2 if mode == "binary" else 3
     annotated = ~ignore
     counts = np.bincount(classes[annotated].ravel(), minlength=n_classes)[:n_classes]
     table = class_weight_table(counts, class_weights)
@@ -374,6 +355,36 @@ def training_targets(
     classes[ignore] = IGNORE_INDEX
     weights[ignore] = 0.0
     return classes, weights
+
+
+def target_classes(labels: Any, *, gap: int = 1, mode: str = "binary") -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """The class of every pixel in the training targets, and the cells the border term sees.
+
+    ``"binary"``: background 0 / cell 1 after :func:`carve_gaps`; the cells are
+    the carved labels. ``"boundary"``: background 0 / interior 1 / boundary 2,
+    where boundary pixels are cell pixels within ``gap`` 4-neighbour steps of the
+    background or of another cell; the cells are the labels themselves. The rule
+    of :func:`training_targets` (which adds weights and the ignore class).
+
+    >>> classes, cells = target_classes(np.array([[0, 1, 1, 2, 2, 0]]))
+    >>> classes, cells
+    (array([[0, 1, 1, 0, 1, 0]], dtype=uint8), array([[0, 1, 1, 0, 2, 0]]))
+    """
+    lab = _as_labels(labels)
+    if mode not in ("binary", "boundary"):
+        raise ValueError(f"mode must be 'binary' or 'boundary', not {mode!r}")
+    if mode == "binary":
+        cells = carve_gaps(lab, gap)
+        return (cells > 0).astype(np.uint8), cells
+    if gap < 1:
+        raise ValueError("the boundary mode needs gap >= 1 (the boundary width)")
+    inner = lab.copy()
+    for _ in range(int(gap)):
+        inner[_edges(inner)] = 0
+    classes = np.where(lab > 0, 2, 0).astype(np.uint8)
+    classes[inner > 0] = 1
+    return classes, lab
 
 
 def _changed_box(box: Any, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -13,6 +13,7 @@ The environment variable ``NAPARI_UNET_MODELS_DIR`` overrides it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,15 @@ import torch
 
 from .checkpoints import FORMAT_NAME, packaged_models_dir
 
-__all__ = ["ModelInfo", "user_models_dir", "list_models"]
+__all__ = [
+    "ModelInfo",
+    "user_models_dir",
+    "list_models",
+    "safe_model_name",
+    "free_model_path",
+    "rename_model",
+    "delete_model",
+]
 
 
 def user_models_dir(create: bool = False) -> Path:
@@ -144,3 +153,58 @@ def list_models() -> list[ModelInfo]:
             if meta is not None:
                 found.append(ModelInfo(path.stem, path, "user", meta))
     return found
+
+
+def safe_model_name(text: str) -> str:
+    """A file name from a model name: letters, digits, ``._-``; other runs become ``-``.
+
+    >>> safe_model_name("my nuclei (v2)")
+    'my-nuclei-v2'
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text).strip()).strip("-.")
+    return name or "model"
+
+
+def free_model_path(name: str, folder: Path | None = None, suffix: str = ".pt") -> Path:
+    """A path for a new model named ``name`` in the user's models folder (or ``folder``)
+    that no file has yet: ``name.pt``, else ``name-2.pt``, ``name-3.pt``, ..."""
+    folder = user_models_dir(create=True) if folder is None else Path(folder)
+    stem = safe_model_name(name)
+    path = folder / f"{stem}{suffix}"
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return path
+
+
+def _user_model(path: Any) -> Path:
+    path = Path(path)
+    folder = user_models_dir()
+    if path.parent.resolve() != folder.resolve() or path.suffix not in (".pt", ".zip"):
+        raise ValueError(f"{path} is not a model in your models folder ({folder}); only those "
+                         "can be renamed or deleted here")
+    if not path.is_file():
+        raise FileNotFoundError(f"the model file {path} no longer exists")
+    return path
+
+
+def rename_model(path: Any, new_name: str) -> Path:
+    """Rename a model of the user's models folder; returns its new path.
+
+    The name is made file-safe (:func:`safe_model_name`); an existing model of
+    that name is never replaced (FileExistsError).
+    """
+    path = _user_model(path)
+    target = path.with_name(safe_model_name(new_name) + path.suffix)
+    if target == path:
+        return path
+    if target.exists():
+        raise FileExistsError(f"a model named {target.stem!r} exists already; choose another name")
+    os.rename(path, target)  # same folder: atomic, and refuses nothing silently on POSIX
+    return target
+
+
+def delete_model(path: Any) -> None:
+    """Delete a model of the user's models folder (never a packaged model)."""
+    _user_model(path).unlink()

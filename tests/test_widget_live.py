@@ -1,0 +1,82 @@
+"""Live training in a real viewer: tick 'live', start, paint with the mouse while the model
+trains; the strokes join training, the live prediction layer follows the view, Stop offers
+to save, and the user's labels are never touched by the preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gui import click, drag
+
+from napari_unet.core.synthetic import make_sample
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def live_widget(make_napari_viewer, models_dir, qtbot):
+    from napari_unet._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    image, labels = make_sample("nuclei", (160, 160), seed=3, layout="random", density=0.3)
+    painted = labels.copy()
+    painted[:, 80:] = 0  # the left half is painted
+    viewer.add_image(image, name="nuclei")
+    layer = viewer.add_labels(painted, name="painted")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    assert widget.start.value == "default", "the pretrained model is the default start"
+    widget.regions.value = None
+    viewer.layers.selection.active = layer
+    return viewer, widget, layer, labels
+
+
+def test_live_training_takes_in_strokes_and_shows_its_prediction(live_widget, qtbot):
+    from napari_unet._widgets.live import LIVE_NAME
+
+    viewer, widget, layer, truth = live_widget
+    widget.live.value = True  # the user ticks 'live'
+    assert not widget.budget.visible and widget.train_button.text == "Start live training"
+    click(qtbot, widget.train_button)
+    widget._confirmed and click(qtbot, widget.train_button)  # "train anyway" if it warned
+    qtbot.waitUntil(lambda: widget.session is not None and widget.run is not None,
+                    timeout=30000)
+    session = widget.session
+    assert viewer.layers.selection.active is layer, "painting goes on in the user's layer"
+    live = viewer.layers[LIVE_NAME]
+    qtbot.waitUntil(lambda: bool(session.refreshes), timeout=120000)  # the first prediction
+    assert live.data.any()
+    # the user paints a new cell in the unpainted half with the mouse
+    layer.mode = "paint"
+    layer.selected_label = int(layer.data.max()) + 1
+    layer.brush_size = 6
+    before = np.array(layer.data, copy=True)
+    drag(qtbot, viewer, layer, [(40, 110), (46, 116), (40, 122)])
+    painted = np.array(layer.data, copy=True)
+    assert (painted != before).any(), "the drag painted"
+    qtbot.waitUntil(lambda: bool(session.sent), timeout=5000)
+    version = max(session.sent)
+    qtbot.waitUntil(lambda: widget.run is not None and widget.run.applied_version >= version,
+                    timeout=60000)
+    queued, applied = widget.run.update_times[version]
+    assert applied - queued < 60
+    np.testing.assert_array_equal(layer.data, painted), "the preview never touches the labels"
+    # the view moves: the visible part is predicted again
+    n = len(session.refreshes)
+    from gui import camera
+
+    camera(viewer).zoom = camera(viewer).zoom * 2
+    qtbot.waitUntil(lambda: len(session.refreshes) > n, timeout=120000)
+    click(qtbot, widget.cancel_button)  # "Stop"
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.session is None
+    assert "Live training stopped" in widget.status.value
+    kept = widget.result.best_step
+    if kept == 0:  # nothing beat the pretrained start on the held-out cells yet
+        assert "starting model" in widget.status.value and not widget.save_button.visible
+    else:
+        assert widget.save_button.visible, "Stop offers to save the kept model"
+        assert f"step {kept}" in widget.status.value
+    np.testing.assert_array_equal(layer.data, painted)
+    assert widget.result.model.metadata["training"]["steps"] > 0
