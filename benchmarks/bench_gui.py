@@ -116,17 +116,7 @@ def preview_and_training(args, app, pump, QTimer, rng) -> None:  # noqa: N803 - 
     train.budget_kind.value = "minutes"
     train.minutes.value = args.train_seconds / 60
     train.device.value = "cpu"
-    late: list[float] = []
-    last = [time.perf_counter()]
-    timer = QTimer()
-    timer.setInterval(10)
-
-    def tick() -> None:
-        now = time.perf_counter()
-        late.append(now - last[0] - 0.010)
-        last[0] = now
-
-    timer.timeout.connect(tick)
+    timer, late, _ = timer_lateness(QTimer)
     pump(0.5)
     timer.start()
     train.train()

@@ -38,3 +38,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    """An empty user models folder (NAPARI_UNET_MODELS_DIR) for the test."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
+    return folder

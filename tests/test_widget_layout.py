@@ -11,13 +11,6 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
-    return folder
-
-
 def test_three_docks_fit_the_screen_and_keep_the_canvas(make_napari_viewer, models_dir,
                                                         tmp_path, qtbot):
     """Items 11 and 2: Annotate, Train and Segment docked at once fit a 1200 px high

@@ -15,13 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def live_widget(make_napari_viewer, models_dir, qtbot):
     from napari_unet._widgets.train import TrainWidget
 

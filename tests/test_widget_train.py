@@ -20,13 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def tiny_start(tmp_path):
     """A small network to start from, so that CPU steps take milliseconds."""
     from napari_unet import save_model

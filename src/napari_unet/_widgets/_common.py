@@ -17,7 +17,7 @@ from ..core.zoo import list_models
 __all__ = [
     "model_choices", "layer_region", "visible_region", "current_plane", "start_worker",
     "NEW_FILE", "models_changed", "shape_text", "scroll_area", "section", "wrap_label",
-    "DockLifetime", "share_dock_height", "camera_of",
+    "DockLifetime", "share_dock_height", "camera_of", "reset_and_preselect",
 ]
 
 NEW_FILE = "Model file…"
@@ -284,3 +284,20 @@ class DockLifetime(QObject):
         if not self.closed:
             self.closed = True
             self._on_close()
+
+
+def reset_and_preselect(widget: Any) -> None:
+    """Re-read the viewer's layers into a dock's choices, then let it choose its defaults.
+
+    For the docks that preselect layers: ``widget`` has ``lifetime`` (a
+    :class:`DockLifetime`), ``form`` (its magicgui container), ``preselect()`` and a
+    ``preselecting`` flag (set meanwhile, so that choices made here are not taken for
+    the user's)."""
+    if widget.lifetime.closed:
+        return
+    widget.preselecting = True
+    try:
+        widget.form.reset_choices()
+        widget.preselect()
+    finally:
+        widget.preselecting = False

@@ -22,6 +22,7 @@ from ..core.training import TrainConfig
 from ._common import (
     DockLifetime,
     current_plane,
+    reset_and_preselect,
     scroll_area,
     section,
     spatial_shape,
@@ -182,8 +183,8 @@ class AnnotateWidget(Container):
         self._apply.setSingleShot(True)
         self._apply.setInterval(0)
         self._apply.timeout.connect(self._apply_pending)
-        self._lifetime = DockLifetime(self.native, self._disconnect_all)
-        self._preselecting = False
+        self.lifetime = DockLifetime(self.native, self._disconnect_all)
+        self.preselecting = False
         self._user_chose = False
         self.image.changed.connect(self._on_user_choice)
         self.labels.changed.connect(self._on_user_choice)
@@ -191,20 +192,13 @@ class AnnotateWidget(Container):
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the viewer's layers (napari calls this when layers change)."""
-        if self._lifetime.closed:
-            return
-        self._preselecting = True
-        try:
-            self.form.reset_choices()
-            self._preselect()
-        finally:
-            self._preselecting = False
+        reset_and_preselect(self)
 
     def _on_user_choice(self, *_: Any) -> None:
-        if not self._preselecting:
+        if not self.preselecting:
             self._user_chose = True
 
-    def _preselect(self) -> None:
+    def preselect(self) -> None:
         """Choose the first image and a Labels layer of its size, until the user chooses."""
         if self.image.value is None:
             images = [v for v in self.image.choices if v is not None]

@@ -157,7 +157,7 @@ class SegmentWidget(Container):
         self.done_units = 0
         self.last_result: Any = None
         models_changed.connect(self.refresh_models)
-        self._lifetime = DockLifetime(self.native, self._on_dock_closed)
+        self.lifetime = DockLifetime(self.native, self._on_dock_closed)
         self._on_model_changed(self.model.value)
         self.reset_choices()
 
@@ -169,7 +169,7 @@ class SegmentWidget(Container):
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the viewer's layers (napari calls this when layers change)."""
-        if not self._lifetime.closed:
+        if not self.lifetime.closed:
             self.form.reset_choices()
 
     # ----------------------------------------------------------------- helpers
@@ -186,7 +186,7 @@ class SegmentWidget(Container):
 
     def refresh_models(self) -> None:
         """Re-read the list of models (after a training run saved a new one)."""
-        if not self._lifetime.closed:
+        if not self.lifetime.closed:
             self.model.reset_choices()
 
     def _model_path(self) -> Path | str:
@@ -323,11 +323,11 @@ class SegmentWidget(Container):
         """Stop the running segmentation between two batches of tiles."""
         if self.worker is not None:
             self.worker.quit()
-            if not self._lifetime.closed:
+            if not self.lifetime.closed:
                 self.status.value = "cancelling…"
 
     def _on_progress(self, p: Any) -> None:
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return
         self.done_units = int(p.done)
         phase = _PHASES.get(getattr(p, "phase", "predict"), "")
@@ -341,7 +341,7 @@ class SegmentWidget(Container):
             pbar.update(int(p.done) - pbar.n)
 
     def _on_error(self, err: Exception) -> None:
-        if not self._lifetime.closed:
+        if not self.lifetime.closed:
             self._fail(f"segmentation failed: {self._explain(err)}")
 
     def _explain(self, err: BaseException) -> str:
@@ -363,7 +363,7 @@ class SegmentWidget(Container):
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return
         if cancelled:
             self.status.value = "Cancelled; nothing was changed."
@@ -371,7 +371,7 @@ class SegmentWidget(Container):
         self.cancel_button.enabled = False
 
     def _on_done(self, result: Any, ctx: dict[str, Any]) -> None:
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return
         try:
             self._show_result(result, ctx)

@@ -34,6 +34,7 @@ from ._common import (
     NEW_FILE,
     DockLifetime,
     models_changed,
+    reset_and_preselect,
     scroll_area,
     section,
     shape_text,
@@ -249,7 +250,7 @@ class TrainWidget(Container):
         self.rename_button.changed.connect(self.rename_selected)
         self.delete_button.changed.connect(self.delete_selected)
         models_changed.connect(self._refresh_models)
-        self._lifetime = DockLifetime(self.native, self._on_dock_closed)
+        self.lifetime = DockLifetime(self.native, self._on_dock_closed)
         self._delete_armed = QTimer(self.native)
         self._delete_armed.setSingleShot(True)
         self._delete_armed.setInterval(5000)
@@ -260,7 +261,7 @@ class TrainWidget(Container):
         self.saved_path: Path | None = None
         self._confirmed: Any = None
         self._regions_touched = False
-        self._preselecting = False
+        self.preselecting = False
         self._validations: list[Any] = []
         self._last_val: tuple[int, float] | None = None
         self._start_step = 0
@@ -274,23 +275,16 @@ class TrainWidget(Container):
     # ---------------------------------------------------------------- helpers
     def reset_choices(self, *_: Any) -> None:
         """Re-read the viewer's layers (napari calls this when layers change)."""
-        if self._lifetime.closed:
-            return
-        self._preselecting = True
-        try:
-            self.form.reset_choices()
-            self._preselect()
-        finally:
-            self._preselecting = False
+        reset_and_preselect(self)
 
     def _refresh_models(self, *_: Any) -> None:
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return
         self.start.reset_choices()
         self.models.reset_choices()
         self._on_model_selected(self.models.value)
 
-    def _preselect(self) -> None:
+    def preselect(self) -> None:
         """The first image, a labels layer of its size and a regions layer, when unset."""
         if not self.images.value and self.images.choices:
             self.images.value = [self.images.choices[0]]
@@ -306,7 +300,7 @@ class TrainWidget(Container):
                 self.regions.value = marked[0]
 
     def _on_regions_changed(self, *_: Any) -> None:
-        if not self._preselecting:
+        if not self.preselecting:
             self._regions_touched = True
 
     def _on_budget_kind(self, kind: str) -> None:
@@ -511,7 +505,7 @@ class TrainWidget(Container):
             self.session = None
 
     def _on_progress(self, p: Any) -> None:
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return
         if self.session is not None:
             self.session.step_done(p.step)
@@ -545,7 +539,7 @@ class TrainWidget(Container):
             show_info(f"napari-unet: {p.message}")  # the batch or patch was made smaller
 
     def _on_error(self, err: Exception) -> None:
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return
         self._fail(f"training failed: {self._explain(err)}")
 
@@ -557,7 +551,7 @@ class TrainWidget(Container):
         self.cancel_button.text = "Cancel"
         if run is not None:
             run.close()  # after a cancel this makes the best model so far the result
-        if self._lifetime.closed:
+        if self.lifetime.closed:
             return  # the dock is gone: nothing is saved, nothing is shown
         self.train_button.enabled = True
         self.cancel_button.enabled = False

@@ -304,6 +304,23 @@ def _place(
     return centres[placed], placed
 
 
+def _shape_window(centre: Any, reach: float, shape: tuple[int, int], radii: Any, aspect: Any,
+                  angle: Any, coef: Any) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The window ``(y0, y1, x0, x1)`` around one cell within ``reach`` of its centre, and the
+    normalised radius of each of its pixels (1 on the cell's outline); None off the image."""
+    h, w = shape
+    cy, cx = centre
+    y0, y1 = max(int(np.floor(cy - reach)), 0), min(int(np.ceil(cy + reach)) + 1, h)
+    x0, x1 = max(int(np.floor(cx - reach)), 0), min(int(np.ceil(cx + reach)) + 1, w)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    # a tiny offset keeps the direction defined at the centre
+    dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy) + np.float32(1e-3))[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx) + np.float32(1e-3))[None, :]
+    d = np.hypot(dy, dx)
+    return (y0, y1, x0, x1), d / _radius(dx / d, dy / d, radii, aspect, angle, coef)
+
+
 def _radius(
     cos: np.ndarray,
     sin: np.ndarray,
@@ -356,17 +373,11 @@ def _star_cells(
     )
     reach = bound.max(axis=1) * 1.08 + 1.0
     for i in range(n):
-        cy, cx = centres[i]
-        rr = reach[i]
-        y0, y1 = max(int(np.floor(cy - rr)), 0), min(int(np.ceil(cy + rr)) + 1, h)
-        x0, x1 = max(int(np.floor(cx - rr)), 0), min(int(np.ceil(cx + rr)) + 1, w)
-        if y0 >= y1 or x0 >= x1:
+        found = _shape_window(centres[i], reach[i], (h, w), radii[i], aspect[i], angle[i],
+                              coef[i])
+        if found is None:
             continue
-        # a tiny offset keeps the direction defined at the centre
-        dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy) + np.float32(1e-3))[:, None]
-        dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx) + np.float32(1e-3))[None, :]
-        d = np.hypot(dy, dx)
-        q = d / _radius(dx / d, dy / d, radii[i], aspect[i], angle[i], coef[i])
+        (y0, y1, x0, x1), q = found
         sub = rho[y0:y1, x0:x1]
         win = q < np.minimum(sub, 1.0)
         sub[win] = q[win]
@@ -591,16 +602,11 @@ def _soft_cells(
     crops: list[tuple[int, slice, slice, np.ndarray]] = []
     target = np.zeros(n + 1)
     for i in range(n):
-        cy, cx = centres[i]
-        rr = reach[i]
-        y0, y1 = max(int(np.floor(cy - rr)), 0), min(int(np.ceil(cy + rr)) + 1, h)
-        x0, x1 = max(int(np.floor(cx - rr)), 0), min(int(np.ceil(cx + rr)) + 1, w)
-        if y0 >= y1 or x0 >= x1:
+        found = _shape_window(centres[i], reach[i], (h, w), radii[i], aspect[i], angle[i],
+                              coef[i])
+        if found is None:
             continue
-        dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy) + np.float32(1e-3))[:, None]
-        dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx) + np.float32(1e-3))[None, :]
-        d = np.hypot(dy, dx)
-        rho = d / _radius(dx / d, dy / d, radii[i], aspect[i], angle[i], coef[i])
+        (y0, y1, x0, x1), rho = found
         if not (rho < max(inflate, 1.0)).any():
             continue
         crops.append((i, slice(y0, y1), slice(x0, x1), rho.astype(np.float32)))

@@ -17,12 +17,10 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._utils import resolve_device
 from ..checkpoints import save_model
-from ..labels import check_labels
 from ..memory import Backoff, OutOfDeviceMemory, is_out_of_memory
 from ..model import UNet, copy_model
 from . import config as cfg_module
@@ -34,7 +32,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import TrainConfig
-from .data import check_data, region_mask
+from .data import check_data
 from .records import TrainProgress, TrainResult, training_metadata
 from .setup import (
     io_shapes,
@@ -47,7 +45,7 @@ from .setup import (
     start_model,
 )
 from .step import train_step
-from .trainset import TrainingSet
+from .trainset import TrainingSet, checked_update
 from .validate import validate
 
 __all__ = ["Trainer"]
@@ -354,17 +352,8 @@ class Trainer:
             raise RuntimeError("this training run has ended; start a new one")
         with self._update_lock:
             if self.set is None:  # not prepared yet: the new labels are the data
-                i = int(image_index)
-                if not 0 <= i < len(self.data.labels):
-                    raise ValueError(f"image_index {image_index} is not one of the "
-                                     f"{len(self.data.labels)} images of this run")
-                lab = check_labels(labels, f"labels {i}")
-                if lab.shape != self.data.labels[i].shape:
-                    raise ValueError(f"labels {i} now have shape {lab.shape} but the image's "
-                                     f"labels had {self.data.labels[i].shape}; give labels of "
-                                     "the same size")
-                self.data.labels[i] = np.array(lab, copy=True)
-                self.data.regions[i] = region_mask(region, lab.shape, i)
+                i, lab, reg = checked_update(self.data, image_index, labels, region)
+                self.data.labels[i], self.data.regions[i] = lab, reg
                 self._early_version += 1
                 return self._early_version
             return self.set.queue(image_index, labels, region)

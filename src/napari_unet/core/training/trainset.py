@@ -40,7 +40,7 @@ from .data import (
 from .split import apply_area, split_validation
 from .validate import ValWindow, make_window
 
-__all__ = ["TrainingSet", "Applied"]
+__all__ = ["TrainingSet", "Applied", "checked_update"]
 
 
 @dataclass
@@ -64,6 +64,21 @@ class _Pending:
     queued: float = field(default_factory=time.perf_counter)
     #: earlier updates of the same image that this one replaces (version, queued at)
     replaced: list[tuple[int, float]] = field(default_factory=list)
+
+
+def checked_update(data: TrainingData, image_index: int, labels: Any,
+                   region: Any) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(image index, labels copy, region mask) of a label update, checked against the run's
+    data: one-line ValueErrors for an unknown image, another shape or bad ids."""
+    i = int(image_index)
+    if not 0 <= i < len(data.labels):
+        raise ValueError(f"image_index {image_index} is not one of the {len(data.labels)} "
+                         "images of this run")
+    lab = check_labels(labels, f"labels {i}")
+    if lab.shape != data.labels[i].shape:
+        raise ValueError(f"labels {i} now have shape {lab.shape} but the image's labels had "
+                         f"{data.labels[i].shape}; give labels of the same size")
+    return i, np.array(lab, copy=True), region_mask(region, lab.shape, i)
 
 
 class TrainingSet:
@@ -162,18 +177,10 @@ class TrainingSet:
         Checked at once (ValueError); applied by the training thread between two
         steps. Returns the version number of the update.
         """
-        i = int(image_index)
-        if not 0 <= i < len(self.data.labels):
-            raise ValueError(f"image_index {image_index} is not one of the "
-                             f"{len(self.data.labels)} images of this run")
-        lab = check_labels(labels, f"labels {i}")
-        if lab.shape != self.data.labels[i].shape:
-            raise ValueError(f"labels {i} now have shape {lab.shape} but the image's labels "
-                             f"had {self.data.labels[i].shape}; give labels of the same size")
-        reg = region_mask(region, lab.shape, i)
+        i, lab, reg = checked_update(self.data, image_index, labels, region)
         with self._lock:
             self.queued_version += 1
-            item = _Pending(self.queued_version, np.array(lab, copy=True), reg)
+            item = _Pending(self.queued_version, lab, reg)
             earlier = self._pending.get(i)
             if earlier is not None:  # not taken in yet: this one includes it
                 item.replaced = [*earlier.replaced, (earlier.version, earlier.queued)]
