@@ -182,7 +182,8 @@ def recipe(a: argparse.Namespace) -> str:
             f"--shares {shares} --packed {a.packed} --target-mode {a.target_mode} "
             f"--patch {a.patch} --batch {a.batch} --lr {a.lr} --scale {a.scale[0]} {a.scale[1]} "
             f"--rotation {a.rotation} --validate-every {a.validate_every} --seed {a.seed} "
-            f"--threads {a.threads} --device {a.device}")
+            f"--threads {a.threads} --device {a.device}"
+            + (f" --max-time {a.max_time:g}" if getattr(a, "max_time", None) else ""))
 
 
 # --------------------------------------------------------------------- held-out sets
@@ -373,6 +374,7 @@ def pretrain(a: argparse.Namespace, images: list[np.ndarray], labels: list[np.nd
     torch.manual_seed(a.seed)
     gen = iter_train(
         images, labels, None if resume else new_model(a.target_mode), max_steps=a.steps,
+        max_time=getattr(a, "max_time", None),
         patch_shape=a.patch, batch_size=a.batch, lr=a.lr, final_lr_fraction=0.05,
         validation=0.1, validate_every=a.validate_every, seed=a.seed, device=a.device,
         checkpoint_dir=checkpoint_dir, checkpoint_every=250, resume=resume,
@@ -634,6 +636,9 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    help="largest free rotation (degrees) on top of the 90-degree turns")
     p.add_argument("--validate-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=2015)
+    p.add_argument("--max-time", type=float, default=None,
+                   help="stop after this many seconds of training even before --steps "
+                        "(a cap for a lent GPU's time; the learning rate follows --steps)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: torch's default); the same count gives the same "
