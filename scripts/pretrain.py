@@ -46,7 +46,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet import iter_train, load_model, metrics, save_model, segment
+from napari_unet import (
+    iter_train,
+    load_model,
+    metrics,
+    predict_tiled,
+    probabilities_to_labels,
+    save_model,
+    segment,
+)
+from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.cellsize import median_cell_diameter
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
@@ -55,6 +64,16 @@ from napari_unet.core.training import new_model
 POOL_SHARES = {"nuclei": 1.0, "membranes": 0.0, "phase": 0.0}  # --shares changes it
 POOL_SHAPE = (384, 384)
 DTYPES = ("uint8", "uint16", "float32")
+#: Share of the nuclei images drawn as packed colonies (``--packed``); the others take every
+#: generator default (scattered or clustered, touching 0-1, density 0.05-0.45).
+PACKED_SHARE = 0.5
+#: Ranges of the packed colonies: pressed together (touching), and dense.
+PACKED_TOUCHING = (0.5, 1.0)
+PACKED_DENSITY = (0.3, 0.5)
+#: Zoom range and largest free rotation of the pretraining augmentation (``--scale``,
+#: ``--rotation``); the other augmentations keep the engine's defaults.
+PRETRAIN_SCALE = (0.7, 1.4)
+PRETRAIN_ROTATION = 45.0
 
 _KIND_TEXT = {
     "nuclei": "widefield fluorescence nuclei (radius 4-26 px, scattered or in colonies packed "
@@ -67,13 +86,24 @@ _KIND_TEXT = {
 }
 
 
-def trained_on(shares: dict[str, float]) -> str:
+def trained_on(shares: dict[str, float], packed: float = PACKED_SHARE,
+               scale: tuple[float, float] = PRETRAIN_SCALE) -> str:
     """The plain-words description of the pool stored in the model's metadata."""
     kinds = [f"{round(100 * v)}% {_KIND_TEXT[k]}" for k, v in shares.items() if v > 0]
+    extra = ""
+    if shares.get("nuclei", 0) > 0 and packed > 0:
+        extra = (f"; {round(100 * packed)}% of the nuclei images are packed colonies (touching "
+                 f"{PACKED_TOUCHING[0]}-{PACKED_TOUCHING[1]}, density {PACKED_DENSITY[0]}-"
+                 f"{PACKED_DENSITY[1]})")
     return ("Synthetic microscopy made by napari_unet.core.synthetic only (no real images): "
-            + "; ".join(kinds) + "; uint8, uint16 (8-, 12- and 16-bit data) and float32 "
-            "images of 384x384 px; "
-            "random elastic, flip, rotation, scale and gray-value augmentation.")
+            + "; ".join(kinds) + extra + "; uint8, uint16 (8-, 12- and 16-bit data) and "
+            "float32 images of 384x384 px; random elastic, flip, rotation, scale "
+            f"({scale[0]}-{scale[1]}) and gray-value augmentation.")
+
+
+def pretrain_augment(a: argparse.Namespace) -> AugmentConfig:
+    """The augmentation of a pretraining run: the engine's, with a wider zoom and rotation."""
+    return AugmentConfig(scale_range=tuple(a.scale), max_rotation=float(a.rotation))
 
 
 def _hardware() -> str:
@@ -92,9 +122,15 @@ def _hardware() -> str:
     return f"CPU only: {cpu}, {threads} torch threads ({os.cpu_count()} logical cores)"
 
 
-def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = None
+def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = None,
+                  packed: float = PACKED_SHARE
                   ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """The seeded pool of synthetic training images and labels."""
+    """The seeded pool of synthetic training images and labels.
+
+    A share ``packed`` of the nuclei images are packed colonies (see
+    :data:`PACKED_TOUCHING`, :data:`PACKED_DENSITY`); the others take every
+    generator default.
+    """
     shares = POOL_SHARES if shares is None else shares
     root = np.random.SeedSequence(seed)
     g = np.random.default_rng(root.spawn(1)[0])
@@ -110,6 +146,9 @@ def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = No
             kw: dict[str, Any] = {"dtype": DTYPES[int(g.integers(len(DTYPES)))]}
             if kind == "nuclei":
                 kw["radius"] = (4.0, 26.0)
+                if g.random() < packed:
+                    kw.update(layout="clustered", touching=float(g.uniform(*PACKED_TOUCHING)),
+                              density=float(g.uniform(*PACKED_DENSITY)))
             image, lab = make_sample(kind, POOL_SHAPE, seed=rng, **kw)
             images.append(image)
             labels.append(lab)
@@ -123,22 +162,28 @@ def pool_cell_diameter(labels: list[np.ndarray]) -> float:
     return round(float(np.median([median_cell_diameter(lab) for lab in labels if lab.any()])), 1)
 
 
-def description(shares: dict[str, float]) -> str:
+def description(shares: dict[str, float], target_mode: str = "binary") -> str:
     """What the model is for, in one sentence (stored in its metadata)."""
     what = {"nuclei": "nuclei in 2-D fluorescence images", "membranes": "membrane-outlined cells",
             "phase": "phase-contrast cells"}
     kinds = " and ".join(what[k] for k, v in shares.items() if v > 0)
+    classes = ("classes background / cell, trained with 1-px gaps carved between touching "
+               "cells" if target_mode == "binary" else
+               "classes background / interior / boundary (a 1-px boundary on each cell's rim "
+               "and along its contacts)")
     return (f"napari-unet default U-Net (depth 4, 16 base channels, valid convolutions) for "
-            f"{kinds}; classes background / cell, trained with 1-px gaps carved between "
-            "touching cells.")
+            f"{kinds}; {classes}.")
 
 
 def recipe(a: argparse.Namespace) -> str:
     """The full command that reproduces the model (every option spelled out)."""
     shares = " ".join(a.shares) if a.shares else "nuclei=1"
     return (f"python scripts/pretrain.py train --steps {a.steps} --images {a.images} "
-            f"--shares {shares} --patch {a.patch} --batch {a.batch} --lr {a.lr} "
-            f"--validate-every {a.validate_every} --seed {a.seed} --device {a.device}")
+            f"--shares {shares} --packed {a.packed} --target-mode {a.target_mode} "
+            f"--patch {a.patch} --batch {a.batch} --lr {a.lr} --scale {a.scale[0]} {a.scale[1]} "
+            f"--rotation {a.rotation} --validate-every {a.validate_every} --seed {a.seed} "
+            f"--threads {a.threads} --device {a.device}"
+            + (f" --max-time {a.max_time:g}" if getattr(a, "max_time", None) else ""))
 
 
 # --------------------------------------------------------------------- held-out sets
@@ -207,19 +252,92 @@ def heldout_stats(labels: list[np.ndarray]) -> dict[str, float]:
             "coverage %": 100 * cover / max(len(labels), 1)}
 
 
-def evaluate(model: Any, n: int = 6, seed: int = 7) -> dict[str, dict[str, float]]:
-    """Instance F1 at IoU 0.5 (pooled over ``n`` images) per kind and condition."""
-    out: dict[str, dict[str, float]] = {}
+# ----------------------------------------------------------------------------- decoding
+
+#: How class probabilities become cells in :func:`evaluate`. ``"grow"`` is napari-unet's
+#: decoding (:func:`napari_unet.probabilities_to_labels`, what ``segment`` does today):
+#: components of the cell class grown back over the carved gaps, or, for three classes,
+#: interior components grown into the boundary class. ``"watershed"`` (three classes only)
+#: is :func:`seeded_watershed`.
+DECODERS = ("grow", "watershed")
+
+
+def seeded_watershed(probabilities: np.ndarray, classes: tuple[str, ...], *,
+                     threshold: float = 0.5, min_size: int = 16) -> np.ndarray:
+    """Cells of a three-class model (background / interior / boundary) by a seeded watershed.
+
+    A prototype for napari-unet's decoding, kept here until it moves into the core:
+
+    1. **Seeds**: 4-connected components of ``interior >= threshold``.
+    2. **Foreground**: pixels whose background probability is at most ``1 - threshold``
+       (interior and boundary together are at least ``threshold``).
+    3. **Flooding**: a watershed of the foreground from the seeds on the relief
+       ``1 - interior``, so that touching cells meet where the interior probability is
+       lowest (on the predicted boundary between them), however wide it is.
+    4. Foreground components that hold no seed (a dim nucleus whose interior stayed
+       under the threshold) become cells of their own.
+    5. Cells smaller than ``min_size`` pixels are dropped.
+
+    ``probabilities`` is ``(n_classes, row, col)``; returns int32 labels numbered from 1.
+    """
+    from skimage.measure import label as cc_label
+    from skimage.segmentation import watershed
+
+    names = [str(c).lower() for c in classes]
+    if "interior" not in names or "background" not in names:
+        raise ValueError(f"seeded_watershed needs background and interior classes, not {classes}")
+    interior = np.asarray(probabilities[names.index("interior")], np.float32)
+    foreground = np.asarray(probabilities[names.index("background")]) <= 1 - threshold
+    seeds = cc_label(interior >= threshold, connectivity=1)
+    foreground |= seeds > 0
+    labels = watershed(1 - interior, markers=seeds, mask=foreground, connectivity=1)
+    rest = cc_label(foreground & (labels == 0), connectivity=1)
+    labels = np.where(rest > 0, rest + labels.max(), labels)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(int(min_size), 1)
+    keep[0] = False
+    relabel = np.zeros(sizes.size, np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return relabel[labels]
+
+
+def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.ndarray:
+    """Labels of one plane's probabilities with one of :data:`DECODERS` (segment's defaults:
+    threshold 0.5, smallest cell 16 px, grow by the training gap plus one)."""
+    if decoder == "grow":
+        grow = int(model.metadata.get("target", {}).get("gap", 1)) + 1
+        return probabilities_to_labels(probabilities, model.classes, threshold=0.5,
+                                       min_size=16, grow=grow)
+    if decoder == "watershed":
+        return seeded_watershed(probabilities, model.classes, threshold=0.5, min_size=16)
+    raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+
+
+def heldout_f1(model: Any, decoders: tuple[str, ...] = ("grow",), n: int = 6, seed: int = 7,
+               kinds: tuple[str, ...] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Instance F1 at IoU 0.5 (pooled over ``n`` images) per decoder, kind and condition;
+    each image is predicted once and decoded by every decoder."""
+    out: dict[str, dict[str, dict[str, float]]] = {d: {} for d in decoders}
     for kind, conditions in HELDOUT.items():
-        out[kind] = {}
+        if kinds is not None and kind not in kinds:
+            continue
         for name, kw, _novel in conditions:
-            tp = fp = fn = 0
+            counts = {d: [0, 0, 0] for d in decoders}
             for image, truth in heldout_images(kind, kw, n, seed):
-                pred = segment(image, model)
-                r = metrics.match(truth, pred, 0.5)
-                tp, fp, fn = tp + r.tp, fp + r.fp, fn + r.fn
-            out[kind][name] = 2 * tp / max(2 * tp + fp + fn, 1)
+                probs = predict_tiled(model, image)
+                for d in decoders:
+                    r = metrics.match(truth, decode(probs, model, d), 0.5)
+                    c = counts[d]
+                    c[0], c[1], c[2] = c[0] + r.tp, c[1] + r.fp, c[2] + r.fn
+            for d, (tp, fp, fn) in counts.items():
+                out[d].setdefault(kind, {})[name] = 2 * tp / max(2 * tp + fp + fn, 1)
     return out
+
+
+def evaluate(model: Any, n: int = 6, seed: int = 7, decoder: str = "grow",
+             kinds: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+    """Instance F1 at IoU 0.5 (pooled over ``n`` images) per kind and condition."""
+    return heldout_f1(model, (decoder,), n, seed, kinds)[decoder]
 
 
 def _print_eval(res: dict[str, dict[str, float]]) -> None:
@@ -233,9 +351,7 @@ def _print_eval(res: dict[str, dict[str, float]]) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    torch.manual_seed(a.seed)
-    t0 = time.perf_counter()
+def _shares(a: argparse.Namespace) -> dict[str, float]:
     shares = dict(POOL_SHARES)
     for item in a.shares or []:
         kind, _, value = item.partition("=")
@@ -243,18 +359,28 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise SystemExit(f"--shares: unknown kind {kind!r}; use {tuple(shares)}")
         shares[kind] = float(value)
     total = sum(shares.values())
-    shares = {k: v / total for k, v in shares.items()}
-    images, labels, counts = training_pool(a.images, a.seed, shares)
-    print(f"pool: {len(images)} images {counts} in {time.perf_counter() - t0:.1f} s", flush=True)
-    model = new_model()
-    start = time.perf_counter()
+    return {k: v / total for k, v in shares.items()}
+
+
+def _set_threads(a: argparse.Namespace) -> None:
+    if getattr(a, "threads", 0):
+        torch.set_num_threads(int(a.threads))
+    a.threads = torch.get_num_threads()
+
+
+def pretrain(a: argparse.Namespace, images: list[np.ndarray], labels: list[np.ndarray],
+             checkpoint_dir: str | Path | None, resume: str | Path | None) -> tuple[Any, Any]:
+    """One pretraining run of the recipe in ``a``: (the best model, the TrainResult)."""
+    torch.manual_seed(a.seed)
     gen = iter_train(
-        images, labels, None if a.resume else model, max_steps=a.steps, patch_shape=a.patch,
-        batch_size=a.batch, lr=a.lr, final_lr_fraction=0.05, validation=0.1,
-        validate_every=a.validate_every, seed=a.seed, device=a.device,
-        checkpoint_dir=a.checkpoint_dir, checkpoint_every=250, resume=a.resume,
+        images, labels, None if resume else new_model(a.target_mode), max_steps=a.steps,
+        max_time=getattr(a, "max_time", None),
+        patch_shape=a.patch, batch_size=a.batch, lr=a.lr, final_lr_fraction=0.05,
+        validation=0.1, validate_every=a.validate_every, seed=a.seed, device=a.device,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=250, resume=resume,
+        target_mode=a.target_mode, augment=pretrain_augment(a),
     )
-    last = 0.0
+    start, last = time.perf_counter(), 0.0
     for rec in gen:
         now = time.perf_counter()
         if rec.val_f1 is not None or now - last > 60:
@@ -262,36 +388,133 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(f"{now - start:7.0f} s  step {rec.step}/{rec.total}  loss {rec.loss}  "
                   f"val F1 {rec.val_f1}", flush=True)
     result = gen.result
-    seconds = time.perf_counter() - start
-    best = result.model
-    print(f"trained {result.steps} steps in {seconds:.0f} s; best val F1 {result.best_val_f1} "
-          f"at step {result.best_step}", flush=True)
-    t1 = time.perf_counter()
-    heldout = evaluate(best, n=a.eval_images)
-    _print_eval(heldout)
-    meta = {
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s (resumes included); best "
+          f"val F1 {result.best_val_f1} at step {result.best_step}", flush=True)
+    return result.model, result
+
+
+def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
+                   heldout: dict[str, dict[str, float]], eval_seconds: float) -> dict[str, Any]:
+    """What the model file records: what it is, the recipe, hardware, time and figures."""
+    shares = _shares(a)
+    return {
         "name": "default",
-        "description": description(shares),
-        "trained_on": trained_on(shares),
+        "description": description(shares, a.target_mode),
+        "trained_on": trained_on(shares, a.packed, tuple(a.scale)),
         "recipe": recipe(a),
         "hardware": _hardware(),
         "torch": torch.__version__,
-        "pretraining_seconds": round(seconds, 1),
+        "pretraining_seconds": round(result.seconds, 1),
         "heldout_f1": {k: {c: round(v, 4) for c, v in d.items()} for k, d in heldout.items()},
-        "heldout_eval_seconds": round(time.perf_counter() - t1, 1),
+        "heldout_eval_seconds": round(eval_seconds, 1),
         # the cell size the model knows best: Segment layer's "cell diameter" rescales to it
         "cell_diameter": pool_cell_diameter(labels),
     }
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    _set_threads(a)
+    t0 = time.perf_counter()
+    images, labels, counts = training_pool(a.images, a.seed, _shares(a), a.packed)
+    print(f"pool: {len(images)} images {counts} in {time.perf_counter() - t0:.1f} s", flush=True)
+    best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume)
+    t1 = time.perf_counter()
+    heldout = evaluate(best, n=a.eval_images)
+    _print_eval(heldout)
+    meta = model_metadata(a, result, labels, heldout, time.perf_counter() - t1)
     best.metadata["training"]["started_from"] = "new"  # a new network, not a model file
     path = save_model(best, a.output, weights_dtype="float16", **meta)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
+#: The options of ``compare-targets``: (name, target mode, decoder).
+TARGET_OPTIONS: list[tuple[str, str, str]] = [
+    ("binary: 2 classes, carved 1-px gaps, components grown back", "binary", "grow"),
+    ("boundary: 3 classes, interior components grown into the boundary", "boundary", "grow"),
+    ("watershed: 3 classes, seeded watershed from the interior", "boundary", "watershed"),
+]
+
+
+def real_f1(model: Any, pairs: list[tuple[str, str]], decoders: tuple[str, ...]
+            ) -> dict[str, float]:
+    """F1@0.5 pooled over real annotated images (reported, never used to choose)."""
+    from napari_unet.io import read_image
+
+    counts = {d: [0, 0, 0] for d in decoders}
+    for image_path, labels_path in pairs:
+        image, truth = np.asarray(read_image(image_path)), np.asarray(read_image(labels_path))
+        probs = predict_tiled(model, image)
+        for d in decoders:
+            r = metrics.match(truth, decode(probs, model, d), 0.5)
+            c = counts[d]
+            c[0], c[1], c[2] = c[0] + r.tp, c[1] + r.fp, c[2] + r.fn
+    return {d: 2 * tp / max(2 * tp + fp + fn, 1) for d, (tp, fp, fn) in counts.items()}
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    """Binary targets vs three classes vs seeded watershed: same pool, seed and budget."""
+    _set_threads(a)
+    out = Path(a.output)
+    modes = [m for m in ("binary", "boundary") if not a.only or m in a.only]
+    pool: tuple | None = None
+    models: dict[str, Any] = {}
+    for mode in modes:
+        folder = out / mode
+        path = folder / "model.pt"
+        if path.exists():
+            models[mode] = load_model(path)
+            print(f"{mode}: {path} (trained before)", flush=True)
+            continue
+        if a.evaluate_only:
+            continue
+        if pool is None:
+            pool = training_pool(a.images, a.seed, _shares(a), a.packed)
+            print(f"pool: {len(pool[0])} images {pool[2]}", flush=True)
+        a.target_mode = mode
+        ckpt = folder / "ckpt"
+        resume = ckpt if (ckpt / "last.ckpt").exists() else None
+        print(f"== {mode}: training{' (resumed)' if resume else ''}", flush=True)
+        best, result = pretrain(a, pool[0], pool[1], ckpt, resume)
+        best.metadata["training"]["started_from"] = "new"
+        meta = model_metadata(a, result, pool[1], {}, 0.0)
+        meta["name"] = f"compare-{mode}"
+        models[mode] = load_model(save_model(best, path, weights_dtype="float16", **meta))
+    if a.train_only or not models:
+        return 0
+    rows = [(name, mode, dec) for name, mode, dec in TARGET_OPTIONS if mode in models]
+    results: dict[str, dict[str, float]] = {}
+    real: dict[str, float] = {}
+    for mode, model in models.items():
+        decs = tuple(dec for _, m, dec in rows if m == mode)
+        res = heldout_f1(model, decs, a.eval_images, a.eval_seed, kinds=("nuclei",))
+        for dec in decs:
+            results[f"{mode}/{dec}"] = res[dec]["nuclei"]
+        if a.real:
+            for dec, f1 in real_f1(model, [tuple(a.real[i:i + 2]) for i in range(
+                    0, len(a.real), 2)], decs).items():
+                real[f"{mode}/{dec}"] = f1
+    conditions = [name for name, _, _ in HELDOUT["nuclei"]]
+    head = "| option | " + " | ".join(conditions) + " |" + (" real image |" if real else "")
+    print(f"\nnuclei held-out sets ({a.eval_images} images of 384x384 per condition, seed "
+          f"{a.eval_seed}), F1@0.5; {a.steps} steps of {a.batch}x{a.patch}^2 patches, pool "
+          f"{a.images} images, seed {a.seed}")
+    print(head)
+    print("|" + "---|" * (len(conditions) + 1 + bool(real)))
+    for name, mode, dec in rows:
+        key = f"{mode}/{dec}"
+        cells = " | ".join(f"{results[key][c]:.3f}" for c in conditions)
+        print(f"| {name} | {cells} |" + (f" {real[key]:.3f} |" if real else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"heldout": results, "real": real}, indent=1))
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    _set_threads(a)
     model = load_model(a.model)
     t = time.perf_counter()
-    res = evaluate(model, n=a.images, seed=a.seed)
+    res = evaluate(model, n=a.images, seed=a.seed, decoder=a.decoder)
     _print_eval(res)
     print(f"({time.perf_counter() - t:.0f} s, {a.images} images per condition, seed {a.seed})")
     if a.json:
@@ -401,6 +624,27 @@ def cmd_heldout(a: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--packed", type=float, default=PACKED_SHARE,
+                   help="share of the nuclei images drawn as packed colonies")
+    p.add_argument("--patch", type=int, default=192)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--scale", type=float, nargs=2, default=PRETRAIN_SCALE,
+                   metavar=("LOW", "HIGH"), help="zoom range of the augmentation")
+    p.add_argument("--rotation", type=float, default=PRETRAIN_ROTATION,
+                   help="largest free rotation (degrees) on top of the 90-degree turns")
+    p.add_argument("--validate-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=2015)
+    p.add_argument("--max-time", type=float, default=None,
+                   help="stop after this many seconds of training even before --steps "
+                        "(a cap for a lent GPU's time; the learning rate follows --steps)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); the same count gives the same "
+                   "weights")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -411,20 +655,40 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--shares", nargs="*", metavar="KIND=SHARE",
                    help="mix of kinds in the pool, e.g. nuclei=0.55 membranes=0.2 phase=0.25 "
                    "(default: nuclei only)")
-    t.add_argument("--patch", type=int, default=192)
-    t.add_argument("--batch", type=int, default=4)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--validate-every", type=int, default=500)
-    t.add_argument("--seed", type=int, default=2015)
-    t.add_argument("--device", default="auto")
+    _recipe_options(t)
+    t.add_argument("--target-mode", choices=("binary", "boundary"), default="binary")
     t.add_argument("--eval-images", type=int, default=6)
     t.add_argument("--checkpoint-dir", default=None)
     t.add_argument("--resume", default=None)
     t.set_defaults(func=cmd_train)
+    c = sub.add_parser("compare-targets", help="binary targets vs three classes vs seeded "
+                       "watershed, trained with the same pool, seed and budget")
+    c.add_argument("-o", "--output", required=True,
+                   help="folder for the models (<mode>/model.pt) and their checkpoints; a "
+                   "rerun resumes unfinished runs and reuses finished ones")
+    c.add_argument("--steps", type=int, default=1500)
+    c.add_argument("--images", type=int, default=300, help="size of the synthetic pool")
+    c.add_argument("--shares", nargs="*", metavar="KIND=SHARE")
+    _recipe_options(c)
+    c.add_argument("--only", nargs="*", choices=("binary", "boundary"),
+                   help="train (or evaluate) only these target modes")
+    c.add_argument("--train-only", action="store_true", help="train, do not evaluate")
+    c.add_argument("--evaluate-only", action="store_true",
+                   help="evaluate the models trained before, train none")
+    c.add_argument("--eval-images", type=int, default=6)
+    c.add_argument("--eval-seed", type=int, default=7)
+    c.add_argument("--real", nargs="*", default=[], metavar="PATH",
+                   help="pairs of real annotated images (image labels ...): F1 reported too")
+    c.add_argument("--json", default=None)
+    c.set_defaults(func=cmd_compare, target_mode="binary", device="auto")
     e = sub.add_parser("evaluate", help="F1 per kind on held-out synthetic images")
     e.add_argument("model")
     e.add_argument("--images", type=int, default=6)
     e.add_argument("--seed", type=int, default=7)
+    e.add_argument("--decoder", choices=DECODERS, default="grow",
+                   help="grow: napari-unet's decoding (as segment); watershed: the seeded "
+                   "watershed prototype (three-class models)")
+    e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.add_argument("--json", default=None)
     e.set_defaults(func=cmd_evaluate)
     f = sub.add_parser("finetune", help="out of the box vs fine-tuned on a few dozen cells")

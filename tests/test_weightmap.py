@@ -372,8 +372,18 @@ def test_targets_boundary_mode():
     sums = [plain[classes2 == c].sum() for c in (0, 1, 2)]
     np.testing.assert_allclose(sums, sums[0], rtol=1e-4)
     assert (classes2 == 2).sum() > (classes == 2).sum()  # a wider boundary
-    # the border term sits on the background only
+    # the border term sits on the separating pixels: background and boundary, not interiors;
+    # the boundary along a contact gets about w0, the rim of a cell far from others nothing
     border = weights - training_targets(labels, mode="boundary", gap=1, w0=0)[1]
-    assert (border[labels > 0] == 0).all() and border[labels == 0].max() > 1
+    assert (border[classes == 1] == 0).all() and border[labels == 0].max() > 1
+    contact = (classes == 2) & (ndi.grey_dilation(labels, size=3) != ndi.grey_erosion(
+        np.where(labels == 0, labels.max() + 1, labels), size=3)) & (
+        ndi.grey_erosion(np.where(labels == 0, labels.max() + 1, labels), size=3) <= labels.max())
+    assert contact.any() and border[contact].min() > 8  # w0 = 10, d2 = 1 or 2 px
+    lone = np.zeros((40, 40), np.int32)
+    lone[10:30, 10:30] = 1
+    lone_classes, lone_weights = training_targets(lone, mode="boundary", w0=10)
+    _, lone_plain = training_targets(lone, mode="boundary", w0=0)
+    np.testing.assert_array_equal(lone_weights, lone_plain)  # one cell: no border term
     with pytest.raises(ValueError, match="mode"):
         training_targets(labels, mode="three")

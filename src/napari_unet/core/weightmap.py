@@ -12,7 +12,13 @@ Where the border term applies
 -----------------------------
 The border term is added to **background pixels only** (label 0), as in the
 paper's Fig. 3d, where the high weights sit in the gaps between touching
-cells; pixels inside a cell get the class-balance term alone. ``d1`` and ``d2``
+cells; pixels inside a cell get the class-balance term alone. In training
+targets it goes on the pixels that separate cells (:func:`border_classes`):
+the background with its carved gaps (two classes), and also the boundary
+class (three classes: background / interior / boundary), whose pixels lie
+along the contacts between touching cells; there ``d1`` is 0 and ``d2`` the
+distance to the other cell, so the boundary of a contact gets about ``w0``
+and the rim of a lone cell next to nothing. ``d1`` and ``d2``
 are Euclidean distances (in units of ``sampling``) from the pixel's centre to
 the centre of the nearest pixel of the nearest cell and of the nearest pixel
 of the second nearest (different) cell.
@@ -52,12 +58,29 @@ __all__ = [
     "WeightMapCache",
     "IGNORE_INDEX",
     "cutoff_distance",
+    "border_classes",
 ]
 
 #: Class value of pixels that are not annotated in training targets (weight 0 there).
 IGNORE_INDEX = 255
 
 _EPS_FRACTION = 1e-6  # border terms below this fraction of w0 are set to 0
+
+
+#: Target classes that get the border term, per target mode (see the module notes).
+BORDER_CLASSES = {"binary": (0,), "boundary": (0, 2)}
+
+
+def border_classes(mode: str) -> tuple[int, ...]:
+    """The target classes the border term is added to: the pixels that separate cells.
+
+    >>> border_classes("binary"), border_classes("boundary")
+    ((0,), (0, 2))
+    """
+    try:
+        return BORDER_CLASSES[mode]
+    except KeyError:
+        raise ValueError(f"mode must be 'binary' or 'boundary', not {mode!r}") from None
 
 
 def cutoff_distance(sigma: float) -> float:
@@ -311,8 +334,10 @@ def training_targets(
         (:func:`carve_gaps`). ``"boundary"`` mode: width of the boundary class.
     w0, sigma, class_weights, sampling
         As for :func:`boundary_weight_map`, computed on the carved targets (the
-        carved gaps are background and get the high border weights). With
-        ``ignore_value`` set, the class balance counts annotated pixels only.
+        carved gaps are background and get the high border weights); in
+        ``"boundary"`` mode the border term goes on background and boundary
+        pixels (:func:`border_classes`). With ``ignore_value`` set, the class
+        balance counts annotated pixels only.
     ignore_value : int, optional
         Label value of pixels that are not annotated: they get class
         :data:`IGNORE_INDEX` and weight 0, and count as background for distances.
@@ -350,8 +375,11 @@ def training_targets(
     weights = table[classes].astype(np.float32)
     planes = [cells] if cells.ndim == 2 else list(cells)
     views = [weights] if cells.ndim == 2 else list(weights)
-    for plane, view in zip(planes, views):
-        view += border_term(plane, w0, sigma, sampling)
+    kinds = [classes] if cells.ndim == 2 else list(classes)
+    on = border_classes(mode)
+    for plane, view, kind in zip(planes, views, kinds):
+        term = border_term(plane, w0, sigma, sampling, inside_cells=mode == "boundary")
+        view += np.where(np.isin(kind, on), term, 0).astype(np.float32)
     classes[ignore] = IGNORE_INDEX
     weights[ignore] = 0.0
     return classes, weights

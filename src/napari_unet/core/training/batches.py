@@ -15,8 +15,10 @@ pixels. A batch is then a handful of tensor operations on the device:
    comparisons of neighbours), which keeps every gap one pixel wide whatever
    the zoom; nearest-neighbour warping of precomputed classes would lose some
    of them when a patch is shrunk;
-5. the weights are ``w_c[class] + border term`` on background pixels (the
-   paper's weight map) and 0 outside the training pixels;
+5. the weights are ``w_c[class] + border term`` on the pixels that separate
+   cells (background; with three classes also the boundary class, see
+   :func:`~napari_unet.core.weightmap.border_classes`): the paper's weight
+   map; 0 outside the training pixels;
 6. gray values are changed (gamma, gain, offset, noise).
 
 No host synchronisation and no host→device copy of image data happens per
@@ -44,7 +46,7 @@ from ..augment import (
     random_geometry,
     source_coordinates,
 )
-from ..weightmap import IGNORE_INDEX
+from ..weightmap import IGNORE_INDEX, border_classes
 from .data import Plane
 
 __all__ = ["DeviceBatches", "carve_classes", "Batch"]
@@ -233,7 +235,10 @@ class DeviceBatches:
                                                                         q : q + wo]
         train = self.train[near[:, q : q + ho, q : q + wo]]
         border = gather_bilinear(self.border, self.table, plane, _crop(coords, out_shape))
-        weight = self.class_table[classes.long()] + torch.where(classes == 0, border, 0.0)
+        separating = classes == border_classes(self.mode)[0]
+        for c in border_classes(self.mode)[1:]:
+            separating |= classes == c
+        weight = self.class_table[classes.long()] + torch.where(separating, border, 0.0)
         weight = torch.where(train, weight, 0.0)
         target = torch.where(train, classes, torch.full_like(classes, IGNORE_INDEX))
         return x, target, weight

@@ -234,8 +234,10 @@ def plane_targets(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, 
     The border term is computed on the cells of the targets (carved in binary
     mode), as in :func:`~napari_unet.core.weightmap.training_targets`, and given
     inside the cells too (``d1 = 0`` there): batches warp it bilinearly and apply
-    it to background pixels only, so a one-pixel gap keeps its full weight
-    instead of being averaged with the cells beside it.
+    it to the separating pixels only (background, and the boundary class of
+    three-class targets: :func:`~napari_unet.core.weightmap.border_classes`), so
+    a one-pixel gap keeps its full weight instead of being averaged with the
+    cells beside it.
     """
     classes, cells = target_classes(labels, gap=config.gap, mode=config.target_mode)
     return classes, border_term(cells, config.w0, config.sigma, inside_cells=True)

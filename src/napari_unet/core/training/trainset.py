@@ -146,7 +146,7 @@ class TrainingSet:
 
     def _windows(self) -> list[ValWindow]:
         return [make_window(p.image, p.labels, self.val[k], *self.targets[k], self.table,
-                            self.model.margin)
+                            self.model.margin, self.config.target_mode)
                 for k, p in enumerate(self.planes) if self.val[k] is not None]
 
     # ------------------------------------------------------------- facts

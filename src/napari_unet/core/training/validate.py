@@ -22,7 +22,7 @@ from ..metrics import MatchResult, match
 from ..model import UNet
 from ..normalize import Normalization
 from ..tiling import iter_predict_tiled, reflect_index
-from ..weightmap import IGNORE_INDEX
+from ..weightmap import IGNORE_INDEX, border_classes
 
 __all__ = ["ValWindow", "make_window", "validate", "MIN_SIZE"]
 
@@ -73,12 +73,14 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def make_window(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, classes: np.ndarray,
-                border: np.ndarray, table: tuple[float, ...], margin: int) -> ValWindow:
+                border: np.ndarray, table: tuple[float, ...], margin: int,
+                mode: str = "binary") -> ValWindow:
     """The validation window of one plane's held-out ``mask``.
 
     ``classes`` and ``border`` are the plane's target classes and border term
     (whole plane), ``table`` the class weights, ``margin`` the context the
-    network needs.
+    network needs, ``mode`` the target mode (which classes get the border term:
+    :func:`~napari_unet.core.weightmap.border_classes`).
     """
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -89,7 +91,8 @@ def make_window(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, classes
     sub = mask[box]
     gt = _remove_small(np.where(sub, labels[box], 0), MIN_SIZE)
     cls = classes[box]
-    weight = (np.asarray(table, np.float32)[cls] + np.where(cls == 0, border[box], 0)).astype(
+    separating = np.isin(cls, border_classes(mode))
+    weight = (np.asarray(table, np.float32)[cls] + np.where(separating, border[box], 0)).astype(
         np.float32)
     target = np.where(sub, cls, IGNORE_INDEX).astype(np.uint8)
     return ValWindow(img, m, gt, sub.copy(), target, np.where(sub, weight, 0).astype(np.float32))
