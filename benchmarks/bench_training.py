@@ -187,10 +187,17 @@ def save_curve_data(path: Path, quick: bool) -> None:
 
 # ------------------------------------------------------------------ baseline
 class Baseline:
-    """An earlier commit in a temporary git worktree, run in subprocesses."""
+    """An earlier commit in a temporary git worktree, run in subprocesses; or a folder
+    holding that commit's ``src`` and ``benchmarks`` (``git archive``), for machines
+    without the repository's history."""
 
     def __init__(self, commit: str) -> None:
-        self.commit = commit
+        self.commit, self.own = commit, not Path(commit).is_dir()
+        if not self.own:
+            self.folder = Path(commit).resolve()
+            self.commit = (self.folder / "COMMIT").read_text().strip() if (
+                self.folder / "COMMIT").exists() else self.folder.name
+            return
         self.folder = Path(tempfile.mkdtemp(prefix="napari-unet-baseline-"))
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f",
                         str(self.folder), commit], check=True, capture_output=True)
@@ -223,6 +230,8 @@ class Baseline:
         return json.loads(out.read_text())
 
     def close(self) -> None:
+        if not self.own:
+            return
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                         str(self.folder)], capture_output=True)
 
@@ -267,7 +276,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-seconds", type=float, default=0,
                         help="fine-tune the packaged model on the sample this long (0: skip)")
     parser.add_argument("--baseline", default=BASELINE,
-                        help=f"commit to compare with (default {BASELINE}; 'none' to skip)")
+                        help=f"commit to compare with (default {BASELINE}; a folder holding its "
+                             "src and benchmarks; 'none' to skip)")
     parser.add_argument("--curve-only", metavar="DATA", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The prepared checks for a lent GPU machine (python3 with CUDA torch, numpy, scipy, scikit-image,
+# tifffile; no napari, no internet, no git history). Every stage has its own time limit and writes
+# its output under $OUT, so a stage that fails or runs out of time leaves the others' results.
+#
+#   bash scripts/gpu_checks.sh checks     # CUDA tests, a pretraining smoke run, benchmarks (~5 min)
+#   bash scripts/gpu_checks.sh pretrain STEPS SECONDS   # compare the target modes, ~5 min
+#
+# Prepare here first (ignored by git, carried to the machine):
+#   .gpu/vendor    pytest and its dependencies, unpacked wheels (the machine has no pytest)
+#   .gpu/baseline  `git archive e43b0d5 src benchmarks` and a COMMIT file: bench_training's baseline
+#   .gpu/real      optional real annotated images (img2d.tif, mask2d.tif): reported, never trained on
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src:$PWD/.gpu/vendor"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, output in $OUT/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "[$(date +%T)] $name (limit ${limit}s): $*" | tee -a "$OUT/log.txt"
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "[$(date +%T)] $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"
+    tail -n 25 "$OUT/$name.txt"
+}
+REAL=()
+[ -f .gpu/real/img2d.tif ] && REAL=(--real .gpu/real/img2d.tif .gpu/real/mask2d.tif)
+
+case "${1:-checks}" in
+checks)
+    nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+    $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/torch.txt"
+    stage test_cuda 150 $PY -m pytest -p no:cacheprovider -q tests/test_cuda.py
+    stage smoke 90 $PY scripts/pretrain.py compare-targets -o "$OUT/smoke" --only boundary \
+        --train-only --steps 200 --max-time 40 --images 24 --batch 16 --patch 256 \
+        --validate-every 100 --device cuda --threads 8
+    stage bench_segment 90 $PY benchmarks/bench_segment.py --device cuda --sizes 4096 --repeats 3
+    stage bench_live 60 $PY benchmarks/bench_live.py --device cuda --seconds 25
+    stage bench_training 150 $PY benchmarks/bench_training.py --device cuda --skip-curve \
+        --baseline .gpu/baseline --json "$OUT/bench_training.json"
+    ;;
+pretrain)
+    steps=${2:?steps}
+    seconds=${3:?seconds}
+    stage compare_train $((2 * seconds + 150)) $PY scripts/pretrain.py compare-targets \
+        -o "$OUT/compare" --train-only --steps "$steps" --max-time "$seconds" --images 300 \
+        --batch 16 --patch 256 --validate-every 500 --device cuda --threads 8
+    stage compare_eval 120 $PY scripts/pretrain.py compare-targets -o "$OUT/compare" \
+        --evaluate-only --eval-images 6 --device cuda "${REAL[@]}" --json "$OUT/compare.json"
+    ;;
+*)
+    echo "usage: $0 checks | pretrain STEPS SECONDS" >&2
+    exit 2
+    ;;
+esac
