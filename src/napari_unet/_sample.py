@@ -16,11 +16,8 @@ def sample_with_truth() -> tuple[np.ndarray, np.ndarray]:
     """The sample image and the labels of *all* its nuclei (the sample shows one corner's)."""
     from .core.synthetic import make_sample
 
-    # dim and noisy (6 photons per unit of brightness, as in gentle live imaging): a case where
-    # the packaged model is not yet right (F1 0.84 on all nuclei) and training on the
-    # labelled corner helps
     return make_sample("nuclei", shape=(512, 512), seed=2015, layout="clustered",
-                       touching=0.7, density=0.3, photons=6.0)
+                       touching=0.7, density=0.3)
 
 
 def nuclei_sample() -> list[tuple[Any, dict[str, Any], str]]:
