@@ -166,3 +166,21 @@ def test_out_of_memory_is_one_line_naming_the_fix(tmp_path, image_file, capsys):
                        "--from", str(start), "-o", str(tmp_path / "m.pt"), "--patch", "100000",
                        "--steps", "1", "--device", "cpu", "-q"], capsys)
     assert "not enough memory" in err and "GiB asked for" in err and "--patch" in err
+
+
+def test_complex_and_empty_images_are_refused_in_one_line(tmp_path, capsys):
+    model = save_model(tiny(), tmp_path / "m.pt")
+    complex_image = tmp_path / "complex.tif"
+    tifffile.imwrite(complex_image, np.full((40, 50), 1 + 2j, np.complex64))
+    err = run_failing(["segment", str(complex_image), "-o", str(tmp_path / "a.tif"), "--model",
+                       str(model), "-q"], capsys)
+    assert "complex-valued" in err and "numpy.abs" in err
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"II*\x00\x00\x00\x00\x00")  # a TIFF header with no page
+    err = run_failing(["segment", str(empty), "-o", str(tmp_path / "b.tif"), "--model",
+                       str(model), "-q"], capsys)
+    assert "holds no image (0 pages)" in err
+    from napari_unet import segment
+
+    with pytest.raises(ValueError, match="complex-valued"):
+        segment(np.ones((40, 50), np.complex128), tiny())

@@ -97,6 +97,7 @@ def read_image(path: str | os.PathLike) -> Any:
                     return LazyTiff(path)
                 except ImportError:  # no zarr: read it whole
                     pass
+            _check_tiff_pages(path)
             return tifffile.imread(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -115,11 +116,31 @@ def read_image(path: str | os.PathLike) -> Any:
 
             return iio.imread(path)
     except (ValueError, OSError, KeyError, TypeError) as err:
+        if "holds no image" in str(err):
+            raise
         raise ValueError(f"cannot read {path} as an image: {err}") from None
     raise ValueError(
         f"cannot read {path}: unknown image format {suffix or '(no extension)'}; "
         "use TIFF, PNG, JPEG, .npy or zarr"
     )
+
+
+def _check_tiff_pages(path: Path) -> None:
+    """Refuse a TIFF without pages in one line (tifffile would only log a warning)."""
+    import logging
+
+    import tifffile
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            empty = not tif.pages
+    finally:
+        logger.setLevel(level)
+    if empty:
+        raise ValueError(f"the TIFF file {path} holds no image (0 pages); save the image again")
 
 
 def is_zarr(path: str | os.PathLike) -> bool:
