@@ -35,6 +35,9 @@ def main() -> None:
                         help="'default' (the pretrained model) or 'scratch'")
     parser.add_argument("--radius", type=float, nargs=2, default=(16.0, 22.0),
                         help="nucleus radius range of the generated image (pixels)")
+    parser.add_argument("--photons", type=float, default=None,
+                        help="signal of the generated image (default: the generator's random "
+                             "choice; 5 to 10 gives dim, noisy images)")
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,9 @@ def main() -> None:
             app.processEvents()
             time.sleep(0.01)
 
-    kw = {"radius": tuple(args.radius)} if args.kind == "nuclei" else {}
+    kw: dict = {"radius": tuple(args.radius)} if args.kind == "nuclei" else {}
+    if args.photons is not None:
+        kw["photons"] = args.photons
     image, truth = make_sample(args.kind, (args.size, args.size), seed=args.seed, **kw)
 
     def cells_in(side: int) -> np.ndarray:

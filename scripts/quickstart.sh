@@ -4,6 +4,10 @@
 # pretrained model shipped with the plugin, fine-tune that model for two minutes on the labelled
 # images, segment again, and write the labels, pictures of them over the image, and the scores
 # against the truth. Results go to out/.
+#
+# The images are dim and noisy (about 8 photons per unit of brightness, as in gentle live
+# imaging): a case where the packaged model is not yet right, misses dim nuclei and breaks
+# noisy ones apart, and where two minutes of fine-tuning on your own kind of images fix most of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,9 +16,12 @@ OUT=out
 mkdir -p "$OUT"
 SECONDS_TO_TRAIN="${TRAIN_SECONDS:-120}"
 
-echo "== 1. sample data: 8 labelled training images, 1 new image"
-napari-unet sample --kind nuclei -n 8 --size 256 --clustered --seed 1 -o "$OUT/train" --overwrite
-napari-unet sample --kind nuclei -n 1 --size 512 --clustered --seed 2026 -o "$OUT/new" --overwrite
+echo "== 1. sample data, dim and noisy: 8 labelled training images, 1 new image"
+PHOTONS="${PHOTONS:-8}"
+napari-unet sample --kind nuclei -n 8 --size 256 --clustered --photons "$PHOTONS" --seed 1 \
+    -o "$OUT/train" --overwrite
+napari-unet sample --kind nuclei -n 1 --size 512 --clustered --photons "$PHOTONS" --seed 2026 \
+    -o "$OUT/new" --overwrite
 
 START=()
 if napari-unet info default >/dev/null 2>&1; then

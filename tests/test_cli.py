@@ -181,3 +181,20 @@ def test_weightmap_command(tmp_path, capsys):
     np.testing.assert_allclose(tifffile.imread(out), training_targets(labels, gap=1)[1])
     err = run_failing(["weightmap", str(path), "-o", str(out)], capsys)
     assert "exists" in err
+
+
+def test_sample_photons_makes_dim_noisy_images(tmp_path, capsys):
+    """--photons sets the signal: fewer photons, noisier images of the same nuclei."""
+    snr = []
+    for photons in ("5", "2000"):
+        out = tmp_path / photons
+        assert main(["sample", "-o", str(out), "-n", "1", "--size", "96", "--seed", "3",
+                     "--photons", photons]) == 0
+        image = tifffile.imread(out / "nuclei_000.tif").astype(float)
+        labels = tifffile.imread(out / "nuclei_000_labels.tif")
+        inside = image[labels > 0]
+        snr.append((inside.mean() - image[labels == 0].mean()) / inside.std())
+    assert snr[0] < 0.5 * snr[1]
+    err = run_failing(["sample", "-o", str(tmp_path / "p"), "--kind", "phase", "--photons", "5"],
+                      capsys)
+    assert "--photons" in err

@@ -426,7 +426,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         for path in paths:
             if path.exists() and not args.overwrite:
                 raise CliError(f"{path} exists; pass --overwrite to replace it")
-    extra = {"layout": "clustered"} if args.kind == "nuclei" and args.clustered else {}
+    extra: dict[str, Any] = {"layout": "clustered"} if args.kind == "nuclei" and args.clustered \
+        else {}
+    if args.photons is not None:
+        if args.kind == "phase" or not args.photons > 0:
+            raise CliError("--photons needs --kind nuclei or membranes and a number above 0, "
+                           "e.g. --photons 8 for dim, noisy images")
+        extra["photons"] = float(args.photons)
     samples = iter_samples(args.kind, n=args.n, seed=args.seed, shape=(args.size, args.size),
                            **extra)
     for (image_path, labels_path), (image, labels) in zip(names, samples):
@@ -449,6 +455,9 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--size", type=int, default=256, help="image size in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clustered", action="store_true", help="nuclei in touching clusters")
+    p.add_argument("--photons", type=float, default=None,
+                   help="signal: photons per unit of brightness (default: random per image, "
+                        "10 to 3000); 5 to 10 gives dim, noisy images, like gentle live imaging")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=_cmd_sample)
 
