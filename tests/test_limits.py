@@ -12,29 +12,12 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import disks_image
+from conftest import disks_image, run_failing
 
 from napari_unet import ModelFileError, UNet, load_model, save_model
-from napari_unet.cli import main
 from napari_unet.core import checkpoints
 from napari_unet.core.checkpoints import FORMAT_NAME, FORMAT_VERSION
 from napari_unet.core.model import model_to_dict
-
-
-def run_failing(args, capsys):
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
-
-
-@pytest.fixture
-def image_file(tmp_path):
-    image, _ = disks_image((70, 90))
-    path = tmp_path / "image.tif"
-    tifffile.imwrite(path, image.astype(np.uint16))
-    return path
 
 
 def tiny():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 from blocks_helpers import passthrough_unet
-from conftest import disks_image
+from conftest import disks_image, run_failing
 
 from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
@@ -33,14 +33,6 @@ from napari_unet.io import write_image
 zarr = pytest.importorskip("zarr")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def run_failing(args, capsys):
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def hidden(folder):
