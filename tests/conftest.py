@@ -46,3 +46,26 @@ def models_dir(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
     return folder
+
+
+def run_failing(args, capsys):
+    """Run the command line on ``args``: it must fail with exit code 2 and one line, no
+    traceback; returns that line."""
+    from napari_unet.cli import main
+
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    """A small uint16 TIFF of disks."""
+    import tifffile
+
+    image, _ = disks_image((70, 90))
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, image.astype(np.uint16))
+    return path

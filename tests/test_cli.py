@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import disks_image
+from conftest import disks_image, run_failing
 
 from napari_unet import UNet, probabilities_to_labels, save_model
 from napari_unet.cli import main
@@ -21,14 +21,6 @@ SCRIPT = Path(sys.executable).parent / "napari-unet"
 @pytest.fixture
 def model_file(tmp_path):
     return save_model(UNet(depth=2, base_channels=4), tmp_path / "model.pt", target={"gap": 1})
-
-
-@pytest.fixture
-def image_file(tmp_path):
-    image, _ = disks_image((70, 90))
-    path = tmp_path / "image.tif"
-    tifffile.imwrite(path, image.astype(np.uint16))
-    return path
 
 
 def test_help_from_console_script():
@@ -71,14 +63,6 @@ def test_segment_as_a_real_process(tmp_path, image_file, model_file):
     assert result.returncode == 0, result.stderr
     assert out.exists()
     assert "segmenting" in result.stderr  # the progress bar
-
-
-def run_failing(args, capsys):
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def test_existing_output_is_not_overwritten(tmp_path, image_file, model_file, capsys):

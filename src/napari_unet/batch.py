@@ -170,13 +170,17 @@ def iter_segment_file(
     """
     from .core.blocks import iter_segment_blocks, plan_segmentation
     from .core.checkpoints import load_model
-    from .io import create_ome_zarr, is_zarr, read_image, remove_output, write_image, write_overlay
+    from .core.outputs import OutputSet, check_outputs
+    from .io import create_ome_zarr, is_zarr, read_image, write_image, write_overlay
 
     options = SegmentOptions.merge(options, settings, caller="segment_file")
 
     input, output = Path(input), Path(output)
     start = time.perf_counter()
+    named = [("labels", output), ("probabilities", probabilities), ("overlay", overlay)]
+    check_outputs([input], named)
     if output.exists() and not overwrite:
+        # complete: outputs only get their name once written to the end
         return FileResult(str(input), str(output), "skipped")
     extras = [Path(p) for p in (probabilities, overlay) if p is not None]
     _check_writable(output)
@@ -192,37 +196,32 @@ def iter_segment_file(
     plan = plan_segmentation(image, net, options)  # the blocks, once: zarr chunks follow them
     spatial = plan.layout.spatial_shape
     axes = "zyx"[3 - len(spatial):]
-    created: list[Path] = []
     out: Any = None
     probs_out: Any = None if probabilities is None else True
-    try:
-        # only now that the input is readable: replace what is there
-        for path in [output, *extras]:
-            if overwrite and (path.exists() or path.is_symlink()):
-                remove_output(path)
+    # everything is written under temporary sibling names and renamed at the end: an
+    # interrupted run leaves no output that a rerun would skip, and an old output is
+    # replaced only once the new one is complete
+    with OutputSet(overwrite=overwrite) as outputs:
+        tmp_output = outputs.add(output)
+        tmp_probs = None if probabilities is None else outputs.add(probabilities)
+        tmp_overlay = None if overlay is None else outputs.add(overlay)
         if is_zarr(output):
-            out = create_ome_zarr(output, spatial, plan.chunks(), np.int32, axes)
-            created.append(output)
-        if probabilities is not None and is_zarr(probabilities):
-            probs_out = create_ome_zarr(probabilities, (net.n_classes, *spatial),
+            out = create_ome_zarr(tmp_output, spatial, plan.chunks(), np.int32, axes,
+                                  name=_stem(output))
+        if tmp_probs is not None and is_zarr(probabilities):
+            probs_out = create_ome_zarr(tmp_probs, (net.n_classes, *spatial),
                                         plan.chunks((net.n_classes,)), np.float32, "c" + axes,
-                                        labels=False)
-            created.append(Path(probabilities))
+                                        labels=False, name=_stem(Path(probabilities)))
         result = yield from iter_segment_blocks(
             image, net, options, out=out, probabilities=probs_out, client=client, plan=plan,
         )
         if out is None:
-            write_image(output, result.labels, overwrite=True)
-            created.append(output)
-        if probabilities is not None and not is_zarr(probabilities):
-            write_image(probabilities, result.probabilities, overwrite=True)
-            created.append(Path(probabilities))
-        if overlay is not None:
-            write_overlay(overlay, np.asarray(image), np.asarray(result.labels), overwrite=True)
-    except BaseException:
-        for path in created:  # never leave half-written outputs behind
-            remove_output(path)
-        raise
+            write_image(tmp_output, result.labels)
+        if tmp_probs is not None and not is_zarr(probabilities):
+            write_image(tmp_probs, result.probabilities)
+        if tmp_overlay is not None:
+            write_overlay(tmp_overlay, np.asarray(image), np.asarray(result.labels))
+        outputs.commit()
     return FileResult(str(input), str(output), "done", int(result.n_cells),
                       time.perf_counter() - start)
 

@@ -90,6 +90,9 @@ def _cluster(args: argparse.Namespace) -> Any:
     """A context giving the dask client to run on (or None: here, in this process)."""
     from contextlib import nullcontext
 
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be 1 or more, not {args.workers} (leave it out to "
+                       "run in this process)")
     if args.scheduler and args.workers:
         raise CliError("give --scheduler or --workers, not both")
     if args.scheduler:
@@ -115,7 +118,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     options = _segment_options(args)
     if not _is_batch(args):
+        from .core.outputs import check_outputs
+
         out = Path(args.output)
+        check_outputs(args.images, [("labels", out), ("--probabilities", args.probabilities),
+                                    ("--overlay", args.overlay)])
         for path in (out, args.probabilities, args.overlay):
             if path is not None and Path(path).exists() and not args.overwrite:
                 raise CliError(f"{path} exists; pass --overwrite to replace it")
@@ -212,11 +219,14 @@ def _add_segment(sub: Any) -> None:
                    "larger than memory); default tif")
     p.add_argument("--model", help="model file (default: the pretrained model shipped with "
                    "the plugin)")
-    p.add_argument("--tile", type=int, help="tile size in input pixels (default: automatic "
+    p.add_argument("--tile", type=int,
+                   help="tile size in input pixels (default: automatic "
                    "from the memory available)")
-    p.add_argument("--block", type=int, help="block size in output pixels: what is held in "
+    p.add_argument("--block", type=int,
+                   help="block size in output pixels: what is held in "
                    "memory at once, and the unit of work on a cluster (default about 2048)")
-    p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: automatic)")
+    p.add_argument("--batch-size", type=int,
+                   help="tiles per forward pass (default: automatic)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--axes", help="axes of the image if the guess is wrong, e.g. zyx, cyx, yxc")
     p.add_argument("--threshold", type=float, default=0.5, help="cell probability threshold")
@@ -285,11 +295,7 @@ def _add_models(sub: Any) -> None:
 
 # ---------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .core import save_model
-    from .core.training import iter_train
-    from .io import read_image
+    from .core.outputs import check_folder_writable, check_outputs, exclusive_lock
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -303,6 +309,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print("napari-unet train: no --steps or --time given; training for 10 minutes",
                   file=sys.stderr)
+    check_outputs([*args.images, *args.labels, args.start], [("model", out)])
+    # before any training: a folder that cannot be written would lose the whole run, and
+    # a second `train -o` of the same file must not mix with this one
+    check_folder_writable(out.parent, "the model")
+    if args.checkpoint_dir:
+        check_folder_writable(args.checkpoint_dir, "checkpoints")
+    with exclusive_lock(out, "training a model into"):
+        return _train_locked(args, out, max_steps, max_time)
+
+
+def _train_locked(args: argparse.Namespace, out: Path, max_steps: int | None,
+                  max_time: float | None) -> int:
+    from tqdm import tqdm
+
+    from .core import save_model
+    from .core.outputs import OutputExistsError
+    from .core.training import iter_train
+    from .io import read_image
+
     images = [read_image(p) for p in args.images]
     labels = [read_image(p) for p in args.labels]
     run = iter_train(
@@ -340,7 +365,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = run.result
     if result is None:  # pragma: no cover - stopped before it could start
         return 130
-    save_model(result.model, out)
+    try:
+        save_model(result.model, out, overwrite=args.overwrite)
+    except OutputExistsError:  # created meanwhile by something else: keep both
+        kept = out
+        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
+        save_model(result.model, out, overwrite=False)
+        print(f"napari-unet train: {kept} appeared during training; the new model is "
+              f"written to {out} instead", file=sys.stderr)
     f1 = "" if result.best_val_f1 is None else (
         f"; best validation F1 {result.best_val_f1:.3f} at step {result.best_step}")
     print(f"trained {result.steps} steps in {result.seconds:.0f} s "
@@ -367,8 +399,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--time", type=float, metavar="SECONDS",
                    help="stop after this many seconds (default 600 without --steps)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, help="patches per step (default: automatic)")
-    p.add_argument("--patch", type=int, help="target pixels per patch side (default: automatic)")
+    p.add_argument("--batch-size", type=int,
+                   help="patches per step (default: automatic)")
+    p.add_argument("--patch", type=int,
+                   help="target pixels per patch side (default: automatic)")
     p.add_argument("--seed", type=int, help="random seed, for a reproducible run")
     p.add_argument("--validation", type=float, default=0.1,
                    help="fraction of the annotation held out to pick the best model")
@@ -583,21 +617,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: How to ask for less memory, per command.
+_LESS_MEMORY = {
+    "segment": "use a smaller --grow, --tile, --block or --batch-size, or a smaller image",
+    "train": "use a smaller --patch or --batch-size, or smaller images",
+}
+
+
+def _is_memory_error(err: BaseException) -> bool:
+    """A MemoryError, or PyTorch's "can't allocate memory" / "out of memory" errors."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text)
+
+
+def _memory_message(args: argparse.Namespace, err: BaseException) -> str:
+    """One line for an out-of-memory error: the size asked for, and how to ask for less."""
+    import re
+
+    text = str(err)
+    asked = ""
+    found = re.search(r"allocate ([0-9.]+ ?[KMGTP]?i?B)\b", text)
+    if found:
+        asked = f" ({found.group(1)} asked for)"
+    else:
+        found = re.search(r"allocate (\d+) bytes", text)
+        if found:
+            asked = f" ({int(found.group(1)) / 2**30:,.1f} GiB asked for)"
+    fix = _LESS_MEMORY.get(args.command, "use smaller inputs")
+    return f"not enough memory{asked}: {fix}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster's scheduler sends at a job's time limit), as an interruption."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-unet`` console script; returns the exit status."""
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM stops like Ctrl+C: unfinished outputs are removed, training keeps its best
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
+    except Terminated:
+        print("napari-unet: stopped (SIGTERM); unfinished outputs were not kept",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, TypeError, OSError, RuntimeError) as err:
+    except (CliError, ValueError, TypeError, OSError, RuntimeError, MemoryError) as err:
         if os.environ.get("NAPARI_UNET_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _is_memory_error(err):
+            message = _memory_message(args, err)
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

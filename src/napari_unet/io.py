@@ -8,12 +8,13 @@ probabilities too large for memory are written as OME-Zarr, block by block.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .core.outputs import atomic_output, remove_path
 
 __all__ = [
     "read_image", "write_image", "label_overlay", "write_overlay", "create_ome_zarr", "is_zarr",
@@ -96,6 +97,7 @@ def read_image(path: str | os.PathLike) -> Any:
                     return LazyTiff(path)
                 except ImportError:  # no zarr: read it whole
                     pass
+            _check_tiff_pages(path)
             return tifffile.imread(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -114,11 +116,31 @@ def read_image(path: str | os.PathLike) -> Any:
 
             return iio.imread(path)
     except (ValueError, OSError, KeyError, TypeError) as err:
+        if "holds no image" in str(err):
+            raise
         raise ValueError(f"cannot read {path} as an image: {err}") from None
     raise ValueError(
         f"cannot read {path}: unknown image format {suffix or '(no extension)'}; "
         "use TIFF, PNG, JPEG, .npy or zarr"
     )
+
+
+def _check_tiff_pages(path: Path) -> None:
+    """Refuse a TIFF without pages in one line (tifffile would only log a warning)."""
+    import logging
+
+    import tifffile
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            empty = not tif.pages
+    finally:
+        logger.setLevel(level)
+    if empty:
+        raise ValueError(f"the TIFF file {path} holds no image (0 pages); save the image again")
 
 
 def is_zarr(path: str | os.PathLike) -> bool:
@@ -130,12 +152,8 @@ def is_zarr(path: str | os.PathLike) -> bool:
 
 
 def remove_output(path: str | os.PathLike) -> None:
-    """Delete an output file or zarr folder (before overwriting it)."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    """Delete an output file or zarr folder."""
+    remove_path(path)
 
 
 def create_ome_zarr(
@@ -210,24 +228,29 @@ def create_ome_zarr(
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = False) -> Path:
-    """Write TIFF (zlib-compressed), ``.npy`` or PNG; refuses to overwrite unless asked."""
+    """Write TIFF (zlib-compressed), ``.npy`` or PNG; refuses to overwrite unless asked.
+
+    The file is written under a temporary sibling name and renamed when complete
+    (:mod:`napari_unet.core.outputs`): an interrupted or failed write never leaves
+    a half-written file, and an existing file is replaced only by a complete one.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    if suffix in _TIFF:
-        import tifffile
-
-        tifffile.imwrite(path, np.asarray(data), compression="zlib", photometric="minisblack")
-    elif suffix == ".npy":
-        np.save(path, np.asarray(data))
-    elif suffix == ".png":
-        import imageio.v3 as iio
-
-        iio.imwrite(path, np.asarray(data))
-    else:
+    if suffix not in (*_TIFF, ".npy", ".png"):
         raise ValueError(f"cannot write {path}: use a .tif, .npy or .png file name")
+    data = np.asarray(data)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        if suffix in _TIFF:
+            import tifffile
+
+            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
+        elif suffix == ".npy":
+            with open(tmp, "xb") as f:
+                np.save(f, data)
+        else:
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, data, extension=".png")
     return path
 
 

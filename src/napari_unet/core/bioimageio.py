@@ -36,9 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import FORMAT_NAME, FORMAT_VERSION, ModelFileError, jsonable, load_model
-from .model import UNet, cell_probability, model_from_dict
+from .checkpoints import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ModelFileError,
+    check_finite,
+    jsonable,
+    load_model,
+)
+from .model import UNet, cell_probability, declared_parameters, model_from_dict
 from .normalize import Normalization
+from .outputs import atomic_output
 
 __all__ = [
     "export_bioimageio",
@@ -78,6 +86,8 @@ ARCHITECTURE_CALLABLE = "UNetProbabilities"
 #: ``eps`` of bioimage.io's ``scale_range``: (x - p_low) / (p_high - p_low + eps).
 SCALE_RANGE_EPS = 1e-6
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_+\- ()]")
+#: The most bytes of a package's text files (rdf.yaml, napari_unet.json) that are read.
+MAX_TEXT_BYTES = 16 << 20
 
 
 # ====================================================================== reading
@@ -115,7 +125,8 @@ class _Package:
             return self._zip.namelist()
         return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+        """The bytes of ``name``, refused if it would unpack to more than ``limit``."""
         name = str(name).replace("\\", "/")
         if name.startswith("./"):
             name = name[2:]
@@ -127,8 +138,20 @@ class _Package:
         if name.startswith("/") or ".." in Path(name).parts:
             raise ModelFileError(f"{self.path} refers to a file outside the package: {name}")
         try:
+            size = (self._zip.getinfo(name).file_size if self._zip is not None
+                    else (self.path / name).stat().st_size)
+            if size > limit:
+                raise ModelFileError(
+                    f"{self.path}: {name} would unpack to {size / 1e6:,.0f} MB, more than it "
+                    f"can hold ({limit / 1e6:,.0f} MB); the package is damaged or not from "
+                    "napari-unet"
+                )
             if self._zip is not None:
-                return self._zip.read(name)
+                with self._zip.open(name) as f:  # never more than the limit, whatever it says
+                    data = f.read(limit + 1)
+                if len(data) > limit:
+                    raise ModelFileError(f"{self.path}: {name} is larger than it says")
+                return data
             return (self.path / name).read_bytes()
         except (KeyError, FileNotFoundError):
             raise ModelFileError(
@@ -200,11 +223,22 @@ def read_bioimageio_package(path: str | os.PathLike) -> UNet:
             sidecar = json.loads(pkg.read(str(ours.get("file", SIDECAR_NAME))))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelFileError(f"{path}: {SIDECAR_NAME} is damaged: {err}") from None
-        blob = pkg.read(str(weights["source"]))
+        if not isinstance(sidecar, dict):
+            raise ModelFileError(f"{path}: {SIDECAR_NAME} is damaged (not a mapping)")
+        try:  # the architecture it declares bounds the weights, before they are read
+            n_weights = declared_parameters(sidecar.get("config"))
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{path}: {str(err).splitlines()[0]}") from None
+        expected = weights.get("sha256")
+        if not expected:
+            raise ModelFileError(
+                f"{path} has no SHA-256 for its weights {weights['source']}, which every "
+                "package from napari-unet records: it was changed after export; export it again"
+            )
+        blob = pkg.read(str(weights["source"]), 4 * n_weights + (16 << 20))
     finally:
         pkg.close()
-    expected = weights.get("sha256")
-    if expected and hashlib.sha256(blob).hexdigest() != str(expected):
+    if hashlib.sha256(blob).hexdigest() != str(expected):
         raise ModelFileError(
             f"{path} is damaged: the weights file {weights['source']} does not match the "
             "SHA-256 recorded in the package"
@@ -217,6 +251,7 @@ def read_bioimageio_package(path: str | os.PathLike) -> UNet:
         raise ModelFileError(
             f"{path} is a damaged napari-unet bioimage.io package: {reason[:200]}"
         ) from None
+    check_finite(model, path)
     model.metadata.setdefault("path", str(path))
     return model
 
@@ -567,15 +602,9 @@ def export_bioimageio(
                 f"the bioimage.io description does not validate (bioimageio.spec "
                 f"{spec.__version__}): {_first_error(descr)}"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_zip = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".zip", dir=path.parent)
-        os.close(fd)
-        try:  # save_bioimageio_package validates the zip again, and refuses an invalid one
-            save_bioimageio_package(descr, output_path=Path(tmp_zip))
-            os.replace(tmp_zip, path)
-        except BaseException:
-            Path(tmp_zip).unlink(missing_ok=True)
-            raise
+        # save_bioimageio_package validates the zip again, and refuses an invalid one
+        with atomic_output(path, overwrite=True) as tmp_zip:
+            save_bioimageio_package(descr, output_path=tmp_zip)
     return path
 
 
@@ -604,6 +633,10 @@ def _write_package_folder(
 
     source_name = None if isinstance(model, UNet) else str(model)
     net = copy.deepcopy(load_model(model)).cpu().float().eval()
+    try:
+        check_finite(net, "the model" if source_name is None else source_name)
+    except ModelFileError as err:
+        raise ValueError(str(err)) from None
     meta = {k: v for k, v in dict(net.metadata).items() if k != "path"}
     meta = jsonable(meta, "model metadata")
     norm = net.normalization
@@ -660,6 +693,7 @@ def _write_package_folder(
     weights: dict[str, Any] = {
         "pytorch_state_dict": {
             "source": WEIGHTS_NAME,
+            "sha256": hashlib.sha256((d / WEIGHTS_NAME).read_bytes()).hexdigest(),
             "architecture": {
                 "source": ARCHITECTURE_NAME,
                 "callable": ARCHITECTURE_CALLABLE,

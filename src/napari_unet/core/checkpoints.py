@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .model import UNet, model_from_dict, model_to_dict
+from .model import MAX_PARAMETERS, UNet, model_from_dict, model_to_dict, non_finite_weights
+from .outputs import open_atomic
 
 __all__ = [
     "ModelFileError",
@@ -27,7 +27,16 @@ __all__ = [
     "packaged_model_path",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_MODEL_BYTES",
+    "check_torch_file",
+    "check_finite",
 ]
+
+#: The most bytes a model file may unpack to: the weights of :data:`MAX_PARAMETERS`
+#: float32 parameters, plus room for the description.
+MAX_MODEL_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
+#: The most bytes of the pickled description (``data.pkl``) of a torch file.
+MAX_PICKLE_BYTES = 16 << 20
 
 FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
@@ -72,7 +81,8 @@ def _to_builtin(value: Any) -> Any:
 
 
 def save_model(
-    model: UNet, path: str | os.PathLike, *, weights_dtype: str = "float32", **metadata: Any
+    model: UNet, path: str | os.PathLike, *, weights_dtype: str = "float32",
+    overwrite: bool = True, **metadata: Any
 ) -> Path:
     """Write a model file.
 
@@ -88,6 +98,9 @@ def save_model(
         Precision of the stored floating-point weights. ``"float16"`` halves the
         file (used for the packaged model); :func:`load_model` always returns a
         float32 network.
+    overwrite : bool
+        Replace an existing file (only once the new one is complete). False
+        creates the file exclusively: an existing file raises ``FileExistsError``.
     **metadata
         Extra plain values stored with the model (merged over ``model.metadata``),
         for example what it was trained on.
@@ -115,23 +128,19 @@ def save_model(
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                **model_to_dict(model, store)}
     payload["metadata"] = jsonable({**payload["metadata"], **metadata}, "model metadata")
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(payload, path, overwrite=overwrite)
 
 
-def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file, then rename: never a half-written file."""
+def atomic_torch_save(payload: Any, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """``torch.save`` to a temporary sibling, fsync, then rename: never a half-written file.
+
+    The file gets the permissions of the umask (normally readable by all), and
+    with ``overwrite=False`` it is created exclusively: an existing ``path``
+    raises :class:`~napari_unet.core.outputs.OutputExistsError`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path, "wb", overwrite=overwrite) as f:
+        torch.save(payload, f)
     return path
 
 
@@ -179,6 +188,7 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
         return _placed(read_bioimageio_package(path), device)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
+    check_torch_file(path, MAX_MODEL_BYTES, "model file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a model file"
@@ -187,10 +197,9 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
                 f"{path} is a zip archive, but neither a napari-unet model file nor a "
                 "bioimage.io model package (it has no rdf.yaml)"
             ) from None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
             f"{path} is not a readable model file (damaged, truncated, another format, or "
-            f"it holds code, which napari-unet never runs): {reason[:200]}"
+            f"it holds code, which napari-unet never runs){torch_load_reason(path, err)}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise ModelFileError(
@@ -209,8 +218,68 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
         raise ModelFileError(
             f"{path} is a damaged napari-unet model file: {str(err).splitlines()[0]}"
         ) from None
+    check_finite(model, path)
     model.metadata.setdefault("path", str(path))
     return _placed(model, device)
+
+
+def check_finite(model: UNet, path: Any) -> None:
+    """Refuse a model whose weights hold NaN or infinite values (it cannot segment)."""
+    bad = non_finite_weights(model)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ModelFileError(
+            f"{path} holds NaN or infinite weights ({bad[0]}{more}): it cannot segment; use a "
+            "model saved before its training diverged, or train again"
+        )
+
+
+def check_torch_file(path: Path, max_bytes: int, what: str) -> None:
+    """Refuse a file that would unpack to more than ``max_bytes``, before reading it.
+
+    A torch file is a zip archive: the sizes its entries declare are checked
+    (a small file can declare huge entries); other files by their size.
+    """
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            pickle = max((i.file_size for i in infos if i.filename.endswith(".pkl")),
+                         default=0)
+        else:
+            total, pickle = size, 0
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load says what is wrong with it
+    if total > max_bytes or pickle > MAX_PICKLE_BYTES:
+        raise ModelFileError(
+            f"{path} would unpack to {max(total, pickle) / 1e6:,.0f} MB, more than a "
+            f"napari-unet {what} can hold ({max_bytes / 1e6:,.0f} MB): it is damaged or not "
+            f"a napari-unet {what}"
+        )
+
+
+def torch_load_reason(path: Path, err: BaseException) -> str:
+    """``": reason"`` for a failed ``torch.load``, without PyTorch's advice on weights_only."""
+    text = str(err).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if not head.startswith((b"PK", b"\x80")):
+        return ": it is not a PyTorch file"
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        detail = next((ln.split(":", 1)[1].strip() for ln in lines
+                       if ln.startswith("WeightsUnpickler error:")), "")
+        return f": it holds objects other than weights ({detail[:150]})" if detail else (
+            ": it holds objects other than weights")
+    reason = lines[0] if lines else type(err).__name__
+    return f": {reason.split('. ')[0][:200]}"
 
 
 def _placed(model: UNet, device: str | None) -> UNet:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,18 @@ __all__ = [
     "copy_model",
     "cell_class_index",
     "cell_probability",
+    "declared_parameters",
+    "non_finite_weights",
+    "MAX_PARAMETERS",
 ]
+
+#: The most weights a stored configuration may declare: 250 million (1 GB in float32;
+#: the paper's U-Net has 31 million). A larger declaration is refused before anything
+#: is allocated, so a small damaged or hostile file cannot take the machine's memory.
+MAX_PARAMETERS = 250_000_000
+#: Bounds of the integer settings of a stored configuration.
+_CONFIG_BOUNDS = {"in_channels": (1, 256), "n_classes": (1, 256), "depth": (0, 8),
+                  "base_channels": (1, 1024)}
 
 PADDINGS = ("valid", "same")
 NORMS = (None, "batch", "group")
@@ -471,8 +483,7 @@ def model_from_dict(d: Mapping[str, Any]) -> UNet:
     True
     """
     config = d["config"]
-    if not isinstance(config, Mapping):
-        raise ValueError(f"the model configuration must be a mapping, not {type(config).__name__}")
+    declared_parameters(config)  # bounded before anything is allocated
     model = UNet(**dict(config))
     state = d.get("state_dict")
     if state is not None:
@@ -482,6 +493,51 @@ def model_from_dict(d: Mapping[str, Any]) -> UNet:
     model.classes = tuple(d.get("classes") or default_class_names(model.n_classes))
     model.metadata = dict(d.get("metadata") or {})
     return model.eval()
+
+
+def declared_parameters(config: Mapping[str, Any]) -> int:
+    """The number of weights of the UNet that ``config`` describes, counted without allocating.
+
+    Raises ValueError, in one line, for a configuration out of bounds: an integer
+    setting outside its range, or more than :data:`MAX_PARAMETERS` weights.
+
+    >>> declared_parameters({"depth": 4, "base_channels": 64})
+    31030658
+    >>> declared_parameters({"depth": 6, "base_channels": 1024})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the model declares 127,396,157,442 weights (depth=6, base_channels=1024), ...
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"the model configuration must be a mapping, not {type(config).__name__}")
+    for key, (low, high) in _CONFIG_BOUNDS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        try:
+            number = operator.index(value)
+        except TypeError:
+            raise ValueError(f"the model configuration's {key} must be a whole number, "
+                             f"not {value!r}") from None
+        if isinstance(value, bool) or not low <= number <= high:
+            raise ValueError(f"the model configuration's {key}={value!r} is outside "
+                             f"{low} to {high}: the file is damaged or not a napari-unet model")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        net = UNet(**dict(config))
+    n = sum(p.numel() for p in net.parameters())
+    if n > MAX_PARAMETERS:
+        raise ValueError(
+            f"the model declares {n:,} weights (depth={net.depth}, "
+            f"base_channels={net.config['base_channels']}), more than the {MAX_PARAMETERS:,} "
+            "napari-unet accepts: the file is damaged or not a napari-unet model"
+        )
+    return n
+
+
+def non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of the weights (and buffers) of ``model`` that hold NaN or infinite values."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def copy_model(model: UNet) -> UNet:

@@ -479,6 +479,13 @@ def check_image(image: Any) -> None:
         )
     if not np.issubdtype(np.dtype(image.dtype), np.number) and np.dtype(image.dtype) != bool:
         raise ValueError(f"the image must be numeric, not of dtype {image.dtype}")
+    if np.issubdtype(np.dtype(image.dtype), np.complexfloating):
+        raise ValueError(
+            f"the image is complex-valued ({image.dtype}); segment its magnitude (numpy.abs) "
+            "or its real part, saved as a real-valued image"
+        )
+    if 0 in tuple(image.shape):
+        raise ValueError(f"the image is empty (shape {tuple(image.shape)}): it holds no pixels")
 
 
 def plane_stats(

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import atomic_torch_save
+from ..checkpoints import MAX_MODEL_BYTES, atomic_torch_save, check_torch_file
 from ..model import UNet, model_from_dict, model_to_dict
 from .records import TrainProgress, record_from_dict, record_to_dict
 
@@ -73,6 +73,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"no training checkpoint at {p} (resume= takes the "
                                 f"checkpoint_dir of an earlier run or its {CHECKPOINT_NAME})")
+    # the weights, two optimizer moments and the best weights: bounded before reading
+    check_torch_file(p, 4 * MAX_MODEL_BYTES, "training checkpoint")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means "not a checkpoint"

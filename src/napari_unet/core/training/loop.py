@@ -10,6 +10,7 @@ weights back to the last record's.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -23,9 +24,11 @@ from .._utils import resolve_device
 from ..checkpoints import save_model
 from ..memory import Backoff, OutOfDeviceMemory, is_out_of_memory
 from ..model import UNet, copy_model
+from ..outputs import exclusive_lock
 from . import config as cfg_module
 from .checkpoint import (
     BEST_MODEL_NAME,
+    CHECKPOINT_NAME,
     checkpoint_history,
     checkpoint_model,
     read_checkpoint,
@@ -150,8 +153,10 @@ class Trainer:
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
         ckpt_dir = None if c.checkpoint_dir is None else Path(c.checkpoint_dir)
-        if ckpt_dir is not None:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        held = contextlib.ExitStack()
+        if ckpt_dir is not None:  # one run at a time writes a checkpoint folder
+            held.enter_context(exclusive_lock(ckpt_dir / CHECKPOINT_NAME,
+                                              "writing training checkpoints to"))
         st = {"step": step, "patch": patch, "batch": batch}
         start_step, t_run = step, time.perf_counter()
         stopped, message = "cancelled", None
@@ -340,9 +345,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = benchmark
             batches.close()
             self.model.to("cpu")
-            self.result = self._finish(stopped, elapsed(), ckpt_dir)
-            if ckpt_dir is not None:
-                save_checkpoint()
+            try:
+                self.result = self._finish(stopped, elapsed(), ckpt_dir)
+                if ckpt_dir is not None:
+                    save_checkpoint()
+            finally:
+                held.close()
         return self.result
 
     # ------------------------------------------------------------ live changes
