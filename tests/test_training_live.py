@@ -182,3 +182,23 @@ def test_current_model_is_a_copy_of_the_weights_now(scene):
                    for a, b in zip(snap.parameters(), live.parameters())), "a copy"
     assert not snap.training
     run.close()
+
+
+def test_live_training_from_a_trained_model_uses_the_gentler_rate(scene):
+    """No limit means no decay: from a trained model, live training takes the lower
+    LIVE_FINETUNE_LR; a new network, a run with a limit or an explicit lr keep theirs."""
+    from napari_unet.core.training.config import DEFAULT_LR, LIVE_FINETUNE_LR
+
+    image, labels = scene
+    trained = tiny()
+    trained.metadata["training"] = {"steps": 10}
+    cases = [(trained, {}, LIVE_FINETUNE_LR["adam"]), (tiny(), {}, DEFAULT_LR["adam"]),
+             (trained, {"max_steps": 5}, DEFAULT_LR["adam"]),
+             (trained, {"lr": 5e-3}, 5e-3)]
+    for model, extra, lr in cases:
+        run = iter_train(image, labels, model, validation=0, **OPTS, **extra)
+        for _, _record in zip(range(3), run):
+            pass
+        run.close()
+        assert run.result.model.metadata["training"]["lr"] == lr
+    assert LIVE_FINETUNE_LR["adam"] < DEFAULT_LR["adam"]

@@ -21,6 +21,7 @@ __all__ = [
     "OPTIMIZERS",
     "LOSSES",
     "DEFAULT_LR",
+    "LIVE_FINETUNE_LR",
     "WARMUP_STEPS",
     "FINAL_LR_FRACTION",
 ]
@@ -30,6 +31,12 @@ LOSSES = ("weighted_ce", "weighted_ce+dice")
 #: Output classes of each target mode.
 TARGET_MODES = {"binary": 2, "boundary": 3}
 DEFAULT_LR = {"adam": 3e-3, "sgd": 1e-2}
+#: The rate of live training (no step or time limit, so no decay) from a trained model. At
+#: the default rate a few painted cells pulled the pretrained model away from what it knew:
+#: the loss jumped when the warm-up ended, and the live prediction of 42 nuclei fell from F1
+#: 0.80 to 0.50. Fine-tuned for 60 steps on 8 images, the last model scored 0.67 at 1e-3
+#: against 0.47 at 3e-3 (scripts/make_live_screenshots.py; docs/guide.md, live training).
+LIVE_FINETUNE_LR = {"adam": 1e-3, "sgd": 3e-3}
 #: Architecture of a new model (see the package notes for the measurement behind it):
 #: depth 4 keeps the paper's 92-pixel context per side (good for cells up to ~60 px).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
