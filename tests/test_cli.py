@@ -182,3 +182,29 @@ def test_sample_photons_makes_dim_noisy_images(tmp_path, capsys):
     err = run_failing(["sample", "-o", str(tmp_path / "p"), "--kind", "phase", "--photons", "5"],
                       capsys)
     assert "--photons" in err
+
+
+def test_axes_come_from_the_file_or_the_guess_is_said(tmp_path, model_file, capsys):
+    """A (3, H, W) image: an ImageJ TIFF's own axes are used; without them, one line says
+    what was assumed and how to choose otherwise."""
+    image, _ = disks_image((40, 50))
+    stack = np.stack([image] * 3).astype(np.uint16)
+    plain, imagej, channels = (tmp_path / f"{n}.tif" for n in ("plain", "imagej", "cyx"))
+    tifffile.imwrite(plain, stack, photometric="minisblack")
+    tifffile.imwrite(imagej, stack, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(channels, stack, imagej=True, metadata={"axes": "CYX"})
+
+    def segment(path, *extra):
+        code = main(["segment", str(path), "-o", str(tmp_path / f"{path.stem}_l.tif"),
+                     "--model", str(model_file), "--overwrite", *extra])
+        return code, capsys.readouterr()
+
+    code, out = segment(plain)
+    assert code == 0 and "read as zyx" in out.out and "--axes" in out.out
+    code, out = segment(imagej)
+    assert code == 0 and "axes zyx from the file's metadata" in out.out
+    code, out = segment(plain, "--axes", "zyx")
+    assert code == 0 and "read as" not in out.out and "metadata" not in out.out
+    # the file says channels: a one-channel model refuses them in one line, no guessing
+    code, out = segment(channels)
+    assert code == 2 and "channel" in out.err and len(out.err.strip().splitlines()) == 1

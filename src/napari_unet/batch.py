@@ -53,11 +53,15 @@ class FileResult:
     n_cells: int = 0
     seconds: float = 0.0
     error: str = ""
+    #: how the image's axes were chosen, for images of 3 or more dimensions
+    note: str = ""
 
     def summary(self) -> str:
         """One line for the batch report."""
         if self.status == "done":
-            return f"{self.input}: {self.n_cells} cells in {self.seconds:.1f} s -> {self.output}"
+            note = f" ({self.note})" if self.note else ""
+            return (f"{self.input}: {self.n_cells} cells in {self.seconds:.1f} s -> "
+                    f"{self.output}{note}")
         if self.status == "skipped":
             return f"{self.input}: skipped, {self.output} exists (--overwrite replaces it)"
         return f"{self.input}: failed: {self.error}"
@@ -193,6 +197,7 @@ def iter_segment_file(
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     net = load_model(model)
     image = read_image(input)
+    options, note = axes_of_file(input, image.shape, net.in_channels, options)
     plan = plan_segmentation(image, net, options)  # the blocks, once: zarr chunks follow them
     spatial = plan.layout.spatial_shape
     axes = "zyx"[3 - len(spatial):]
@@ -223,7 +228,32 @@ def iter_segment_file(
             write_overlay(tmp_overlay, np.asarray(image), np.asarray(result.labels))
         outputs.commit()
     return FileResult(str(input), str(output), "done", int(result.n_cells),
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, note=note)
+
+
+def axes_of_file(path: str | os.PathLike, shape: Sequence[int], in_channels: int,
+                 options: SegmentOptions) -> tuple[SegmentOptions, str]:
+    """The axes of an image file of 3 or more dimensions, and a note saying how they were
+    chosen: ``options.axes`` when given; else the axes the file declares (ImageJ or OME
+    metadata, :func:`~napari_unet.io.file_axes`); else the guess of
+    :meth:`~napari_unet.core.tiling.ImageLayout.infer`, which the note names together with
+    how to choose otherwise (``--axes``)."""
+    from dataclasses import replace
+
+    from .core.tiling import ImageLayout
+    from .io import file_axes
+
+    if options.axes is not None or len(shape) < 3:
+        return options, ""
+    found = file_axes(path)
+    if found is not None and len(found) == len(shape):
+        return replace(options, axes=found), f"axes {found} from the file's metadata"
+    try:
+        guessed = ImageLayout.infer(shape, in_channels).axes
+    except ValueError:
+        return options, ""  # segmenting says what is wrong with the shape
+    return options, (f"the file does not say its axes: shape {tuple(int(n) for n in shape)} "
+                     f"read as {guessed}; pass --axes (e.g. zyx, cyx or yxc) if that is wrong")
 
 
 def segment_file(

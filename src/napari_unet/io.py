@@ -18,7 +18,7 @@ from .core.outputs import atomic_output, remove_path
 
 __all__ = [
     "read_image", "write_image", "label_overlay", "write_overlay", "create_ome_zarr", "is_zarr",
-    "remove_output", "LazyTiff",
+    "remove_output", "LazyTiff", "file_axes",
 ]
 
 _TIFF = (".tif", ".tiff")
@@ -72,6 +72,37 @@ class LazyTiff:
     def __repr__(self) -> str:
         return f"LazyTiff({self.path!r}, shape={self.shape}, dtype={self.dtype})"
 _PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+#: TIFF axis letters (tifffile's series axes, from ImageJ or OME metadata) as napari-unet's
+#: axes: planes (Z, and time or a sequence when there is no Z), channels (C, or S for the
+#: samples of a colour pixel), rows and columns.
+_TIFF_AXES = {"Y": "y", "X": "x", "Z": "z", "C": "c", "S": "c", "T": "z", "I": "z"}
+
+
+def file_axes(path: str | os.PathLike) -> str | None:
+    """The axes a TIFF file declares in its ImageJ or OME metadata, as napari-unet writes
+    them (e.g. ``"cyx"``, ``"zyx"``, ``"yxc"``); None when the file says nothing usable.
+
+    Plain TIFFs without such metadata (tifffile then reports a generic axis ``Q``), axes
+    napari-unet cannot segment along, and files that are not TIFFs give None.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _TIFF or not path.is_file():
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not (tif.is_imagej or tif.is_ome) or not tif.series:
+                return None
+            axes = tif.series[0].axes.upper()
+    except Exception:  # noqa: BLE001 - unreadable files are reported by read_image
+        return None
+    if any(a not in _TIFF_AXES for a in axes):
+        return None
+    mapped = "".join(_TIFF_AXES[a] for a in axes)
+    return mapped if len(set(mapped)) == len(mapped) else None
 
 
 def read_image(path: str | os.PathLike) -> Any:
