@@ -43,7 +43,7 @@ def the_model():
     import torch
 
     from napari_unet.core import packaged_model_path
-    from napari_unet.core.checkpoints import load_model
+    from napari_unet.core.loading import load_model
     from napari_unet.core.training import new_model
 
     path = packaged_model_path()

@@ -82,7 +82,7 @@ def child(size: int, block: int | None, tile: int | None, folder: str) -> None:
 
     from napari_unet.core import packaged_model_path
     from napari_unet.core.blocks import iter_segment_blocks
-    from napari_unet.core.checkpoints import load_model
+    from napari_unet.core.loading import load_model
     from napari_unet.core.training import new_model
 
     path = packaged_model_path()

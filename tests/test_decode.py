@@ -306,3 +306,41 @@ def test_segmentation_modules_import_one_way_and_no_private_names():
             private = [n for n in names if n.startswith("_")]
             assert not private, f"{rel} imports private {private} from {module}"
     assert not (SRC / "core" / "instances.py").exists()
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_circles_in_the_package():
+    """Relative imports, at module level or inside functions, form no circle (packages'
+    ``__init__`` re-exports aside): e.g. checkpoints and bioimageio both sit below
+    core.loading, which is the only module that knows both model formats."""
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        here = _module_of(path).split(".")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[: len(here) - node.level]
+                target = ".".join(base + ([node.module] if node.module else []))
+                for name in ([""] if node.module else [a.name for a in node.names]):
+                    full = f"{target}.{name}" if name else target
+                    if (SRC / (full.replace(".", "/") + ".py")).exists():
+                        graph.setdefault(".".join(here), set()).add(full)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            assert state.get(nxt) != 1, "import circle: " + " -> ".join(trail + [node, nxt])
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [])
+    assert "core.bioimageio" not in graph.get("core.checkpoints", set())

@@ -173,7 +173,7 @@ def iter_segment_file(
     dask cluster.
     """
     from .core.blocks import iter_segment_blocks, plan_segmentation
-    from .core.checkpoints import load_model
+    from .core.loading import load_model
     from .core.outputs import OutputSet, check_outputs
     from .io import create_ome_zarr, is_zarr, read_image, write_image, write_overlay
 
@@ -297,7 +297,7 @@ def iter_segment_files(
     on the cluster, and results come in the order the files finish. The
     workers must reach the files. ``kwargs`` go to :func:`iter_segment_file`.
     """
-    from .core.checkpoints import load_model
+    from .core.loading import load_model
 
     net = load_model(model)
     specs = [(str(job[0]), str(job[1]), {**kwargs, **(job[2] if len(job) > 2 else {})})

@@ -11,8 +11,9 @@ from ._utils import available_devices, resolve_device, run_to_completion
 from .augment import AugmentConfig, augment_pair
 from .bioimageio import export_bioimageio
 from .blocks import BlockSegmentation, SegmentPlan, iter_segment_blocks, plan_segmentation
-from .checkpoints import ModelFileError, load_model, packaged_model_path, save_model
+from .checkpoints import ModelFileError, packaged_model_path, save_model
 from .decode import probabilities_to_labels
+from .loading import load_model
 from .metrics import MatchResult, match
 from .model import InvalidInputShapeError, UNet, cell_class_index, cell_probability
 from .normalize import Normalization

@@ -42,7 +42,7 @@ from .checkpoints import (
     ModelFileError,
     check_finite,
     jsonable,
-    load_model,
+    read_model,
 )
 from .model import UNet, cell_probability, declared_parameters, model_from_dict
 from .normalize import Normalization
@@ -632,7 +632,10 @@ def _write_package_folder(
     import yaml
 
     source_name = None if isinstance(model, UNet) else str(model)
-    net = copy.deepcopy(load_model(model)).cpu().float().eval()
+    source = (read_bioimageio_package(model) if not isinstance(model, UNet)
+              and str(model) != "default" and is_bioimageio_package(Path(model))
+              else read_model(model))
+    net = copy.deepcopy(source).cpu().float().eval()
     try:
         check_finite(net, "the model" if source_name is None else source_name)
     except ModelFileError as err:
@@ -857,12 +860,3 @@ def _probabilities_net(net: UNet) -> torch.nn.Module:
     return _Probabilities(net).eval()
 
 
-def zip_but_not_torch(path: str | os.PathLike) -> bool:
-    """A zip archive that is not a ``torch.save`` file (which has a ``*/data.pkl``)."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            return not any(n.endswith("data.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False

@@ -23,7 +23,9 @@ __all__ = [
     "save_model",
     "atomic_torch_save",
     "jsonable",
-    "load_model",
+    "read_model",
+    "place_model",
+    "zip_but_not_torch",
     "packaged_model_path",
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -116,7 +118,7 @@ def save_model(
     >>> net = UNet(depth=2, base_channels=4)
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.pt"
     >>> _ = save_model(net, path, trained_on="nothing yet")
-    >>> load_model(path).metadata["trained_on"]
+    >>> read_model(path).metadata["trained_on"]
     'nothing yet'
     """
     if not isinstance(model, UNet):
@@ -144,8 +146,9 @@ def atomic_torch_save(payload: Any, path: str | os.PathLike, *, overwrite: bool 
     return path
 
 
-def load_model(path: str | os.PathLike | UNet = "default", device: str | None = None) -> UNet:
-    """Read a model file written by :func:`save_model`.
+def read_model(path: str | os.PathLike | UNet = "default", device: str | None = None) -> UNet:
+    """Read a model file written by :func:`save_model` (bioimage.io packages too, through
+    :func:`napari_unet.core.loading.load_model`, the entry point that knows both).
 
     Parameters
     ----------
@@ -182,10 +185,6 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
             )
         path = packaged
     path = Path(path)
-    from .bioimageio import is_bioimageio_package, read_bioimageio_package, zip_but_not_torch
-
-    if is_bioimageio_package(path):  # a .zip (or folder) from export_bioimageio
-        return _placed(read_bioimageio_package(path), device)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     check_torch_file(path, MAX_MODEL_BYTES, "model file")
@@ -220,7 +219,7 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
         ) from None
     check_finite(model, path)
     model.metadata.setdefault("path", str(path))
-    return _placed(model, device)
+    return place_model(model, device)
 
 
 def check_finite(model: UNet, path: Any) -> None:
@@ -282,10 +281,24 @@ def torch_load_reason(path: Path, err: BaseException) -> str:
     return f": {reason.split('. ')[0][:200]}"
 
 
-def _placed(model: UNet, device: str | None) -> UNet:
+def place_model(model: UNet, device: str | None) -> UNet:
+    """The model in evaluation mode, on ``device`` when one is given."""
     model.eval()
     if device is not None:
         from ._utils import resolve_device
 
         model.to(resolve_device(device))
     return model
+
+
+def zip_but_not_torch(path: str | os.PathLike) -> bool:
+    """A zip archive that is not a ``torch.save`` file (which has a ``*/data.pkl``)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return not any(n.endswith("data.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

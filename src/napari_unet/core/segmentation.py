@@ -13,7 +13,7 @@ from typing import Any
 
 from ._utils import run_to_completion
 from .blocks import iter_segment_blocks
-from .checkpoints import load_model
+from .loading import load_model
 from .model import UNet
 from .options import SegmentOptions, SegmentProgress
 

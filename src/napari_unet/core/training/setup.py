@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import checkpoints
+from ..loading import load_model
 from ..model import UNet, copy_model
 from .config import TARGET_MODES, TrainConfig, new_model
 
@@ -34,14 +35,14 @@ def start_model(model: Any, config: TrainConfig) -> tuple[UNet, str]:
     if model is None:
         packaged = checkpoints.packaged_model_path("default")
         if packaged is not None:
-            default = checkpoints.load_model(packaged)
+            default = load_model(packaged)
             if default.n_classes == TARGET_MODES[config.target_mode]:
                 return default, "default"
         return new_model(config.target_mode), "new"
     if isinstance(model, UNet):
         return copy_model(model), str(model.metadata.get("path", "model"))
     if isinstance(model, (str, os.PathLike)):
-        return checkpoints.load_model(model), str(model)
+        return load_model(model), str(model)
     raise ValueError(f"model must be None, a UNet or a model file path, not "
                      f"{type(model).__name__}")
 
