@@ -147,32 +147,10 @@ def atomic_torch_save(payload: Any, path: str | os.PathLike, *, overwrite: bool 
 
 
 def read_model(path: str | os.PathLike | UNet = "default", device: str | None = None) -> UNet:
-    """Read a model file written by :func:`save_model` (bioimage.io packages too, through
-    :func:`napari_unet.core.loading.load_model`, the entry point that knows both).
-
-    Parameters
-    ----------
-    path : str, path-like or UNet
-        A model file, a bioimage.io package (``.zip`` or folder) written by
-        :func:`napari_unet.export_bioimageio`, or ``"default"`` for the model
-        shipped with the plugin. A UNet is returned as it is.
-    device : str, optional
-        Where to put the weights (default: the CPU).
-
-    Returns
-    -------
-    UNet
-        The network in evaluation mode, with ``normalization``, ``classes`` and
-        ``metadata`` set from the file.
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no such file.
-    ModelFileError
-        If the file is damaged, truncated or not a napari-unet model (or a
-        bioimage.io package that napari-unet did not write).
-    """
+    """A napari-unet model file (``path``, ``"default"`` or a UNet, returned as it is) as
+    :func:`napari_unet.core.loading.load_model` reads it, minus bioimage.io packages: the
+    parameters, result and errors are those of that function (a bioimage.io zip given here
+    is refused as not a model file)."""
     if isinstance(path, UNet):
         return path
     if str(path) == "default":
