@@ -436,13 +436,17 @@ def _shapes(
     elongation: float,
     irregularity: float,
     g: np.random.Generator,
+    irregularity_range: tuple[float, float] = (0.3, 1.6),
+    smoothness: float = 1.3,
 ) -> dict[str, np.ndarray]:
-    """Random radii, aspect ratios, orientations and outline harmonics for n cells."""
+    """Random radii (log-normal around ``r0``), aspect ratios, orientations and outline
+    harmonics for n cells; each cell's irregularity is ``irregularity`` times a factor drawn
+    from ``irregularity_range``, and harmonic k gets ``1 / k**smoothness`` of it."""
     radii = np.clip(r0 * np.exp(spread * g.standard_normal(n)), lo, hi)
     aspect = np.exp(np.abs(elongation * g.standard_normal(n)))
     angle = g.uniform(0, np.pi, n)
-    irr = irregularity * g.uniform(0.3, 1.6, n)
-    amp = g.standard_normal((n, _HARMONICS.size)) * irr[:, None] / _HARMONICS**1.3
+    irr = irregularity * g.uniform(*irregularity_range, n)
+    amp = g.standard_normal((n, _HARMONICS.size)) * irr[:, None] / _HARMONICS**smoothness
     phase = g.uniform(0, 2 * np.pi, (n, _HARMONICS.size))
     return {"radii": radii, "aspect": aspect, "angle": angle, "amp": amp, "phase": phase}
 
@@ -635,15 +639,10 @@ def _nucleus_shapes(
     n: int, r0: float, spread: float, lo: float, hi: float, elongation: float,
     irregularity: float, g: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    """Radii (log-normal around ``r0``), aspect ratios, orientations and smooth outline
-    harmonics of ``n`` interphase nuclei: ellipses, ovals, beans, rarely lobed."""
-    radii = np.clip(r0 * np.exp(spread * g.standard_normal(n)), lo, hi)
-    aspect = np.exp(np.abs(elongation * g.standard_normal(n)))
-    angle = g.uniform(0, np.pi, n)
-    irr = irregularity * g.uniform(0.2, 1.5, n)
-    amp = g.standard_normal((n, _HARMONICS.size)) * irr[:, None] / _HARMONICS**1.8
-    phase = g.uniform(0, 2 * np.pi, (n, _HARMONICS.size))
-    return {"radii": radii, "aspect": aspect, "angle": angle, "amp": amp, "phase": phase}
+    """:func:`_shapes` of ``n`` interphase nuclei: smoother outlines (ellipses, ovals,
+    beans, rarely lobed)."""
+    return _shapes(n, r0, spread, lo, hi, elongation, irregularity, g,
+                   irregularity_range=(0.2, 1.5), smoothness=1.8)
 
 
 def _nucleus_layout(
