@@ -42,6 +42,7 @@ from .checkpoints import (
     ModelFileError,
     check_finite,
     jsonable,
+    place_model,
     read_model,
 )
 from .model import UNet, cell_probability, declared_parameters, model_from_dict
@@ -52,6 +53,7 @@ __all__ = [
     "export_bioimageio",
     "is_bioimageio_package",
     "read_bioimageio_package",
+    "read_model_or_package",
     "INSTALL_HINT",
     "UNET_CITATION",
 ]
@@ -93,6 +95,17 @@ MAX_TEXT_BYTES = 16 << 20
 # ====================================================================== reading
 def _rdf_name(names: Sequence[str]) -> str | None:
     return next((n for n in RDF_NAMES if n in names), None)
+
+
+def read_model_or_package(path: str | os.PathLike | UNet = "default",
+                          device: str | None = None) -> UNet:
+    """A model file, ``"default"``, a UNet (returned as it is) or a bioimage.io package
+    written by napari-unet: the one dispatch between the two formats, behind
+    :func:`napari_unet.core.loading.load_model`."""
+    if not isinstance(path, UNet) and str(path) != "default" and is_bioimageio_package(
+            Path(path)):  # a .zip (or folder) from export_bioimageio
+        return place_model(read_bioimageio_package(path), device)
+    return read_model(path, device)
 
 
 def is_bioimageio_package(path: str | os.PathLike) -> bool:
@@ -632,10 +645,7 @@ def _write_package_folder(
     import yaml
 
     source_name = None if isinstance(model, UNet) else str(model)
-    source = (read_bioimageio_package(model) if not isinstance(model, UNet)
-              and str(model) != "default" and is_bioimageio_package(Path(model))
-              else read_model(model))
-    net = copy.deepcopy(source).cpu().float().eval()
+    net = copy.deepcopy(read_model_or_package(model)).cpu().float().eval()
     try:
         check_finite(net, "the model" if source_name is None else source_name)
     except ModelFileError as err:

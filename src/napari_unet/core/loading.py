@@ -1,17 +1,16 @@
 """Loading a model, whatever its file: the one entry point above both formats.
 
 :func:`load_model` reads napari-unet model files (:mod:`.checkpoints`) and
-bioimage.io packages written by napari-unet (:mod:`.bioimageio`); it sits above
-both modules, so neither needs the other to load a model.
+bioimage.io packages written by napari-unet (:mod:`.bioimageio`, which holds the
+dispatch between the two, :func:`~.bioimageio.read_model_or_package`, and uses it
+to export). Checkpoints never import bioimageio, so there is no import circle.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from .bioimageio import is_bioimageio_package, read_bioimageio_package
-from .checkpoints import place_model, read_model
+from .bioimageio import read_model_or_package
 from .model import UNet
 
 __all__ = ["load_model"]
@@ -43,7 +42,4 @@ def load_model(path: str | os.PathLike | UNet = "default", device: str | None = 
         If the file is damaged, truncated or not a napari-unet model (or a
         bioimage.io package that napari-unet did not write).
     """
-    if not isinstance(path, UNet) and str(path) != "default" and is_bioimageio_package(
-            Path(path)):  # a .zip (or folder) from export_bioimageio
-        return place_model(read_bioimageio_package(path), device)
-    return read_model(path, device)
+    return read_model_or_package(path, device)
