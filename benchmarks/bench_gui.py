@@ -164,7 +164,6 @@ def live(args, app, pump, QTimer) -> None:  # noqa: N803 - a class
     region growing from a corner as the user would paint it."""
     import napari
 
-    from napari_unet._widgets.live import EDIT_DELAY_MS
     from napari_unet.core.synthetic import make_sample
 
     image, truth = make_sample("nuclei", (1024, 1024), seed=11, layout="clustered",
@@ -264,7 +263,7 @@ def live(args, app, pump, QTimer) -> None:  # noqa: N803 - a class
     if included:
         print(f"  edit -> included in training: median {np.median(included):.2f} s, "
               f"max {np.max(included):.2f} s over {len(included)} edits "
-              f"(including the {EDIT_DELAY_MS / 1000:.1f} s wait for painting to pause)")
+              f"(each cell one finished edit, sent when it ends)")
     if refresh:
         print(f"  model snapshot -> refreshed live prediction of the 1024x1024 view: median "
               f"{np.median(refresh):.2f} s, max {np.max(refresh):.2f} s over "

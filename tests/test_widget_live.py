@@ -33,7 +33,7 @@ def live_widget(make_napari_viewer, models_dir, qtbot):
 
 
 def test_live_training_takes_in_strokes_and_shows_its_prediction(live_widget, qtbot):
-    from napari_unet._widgets.live import LIVE_NAME
+    from napari_unet._widgets.live import EDIT_DELAY_MS, LIVE_NAME
 
     viewer, widget, layer, truth = live_widget
     widget.live.value = True  # the user ticks 'live'
@@ -55,8 +55,10 @@ def test_live_training_takes_in_strokes_and_shows_its_prediction(live_widget, qt
     drag(qtbot, viewer, layer, [(40, 110), (46, 116), (40, 122)])
     painted = np.array(layer.data, copy=True)
     assert (painted != before).any(), "the drag painted"
-    qtbot.waitUntil(lambda: bool(session.sent), timeout=5000)
+    assert len(session.sent) == 1, "a finished stroke goes to training on mouse release"
     version = max(session.sent)
+    qtbot.wait(3 * EDIT_DELAY_MS)  # redraws after the stroke send nothing new
+    assert list(session.sent) == [version], "the same labels are not sent twice"
     qtbot.waitUntil(lambda: widget.run is not None and widget.run.applied_version >= version,
                     timeout=60000)
     queued, applied = widget.run.update_times[version]

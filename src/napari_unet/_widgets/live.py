@@ -4,16 +4,20 @@ layer shows what it sees now.
 :class:`LiveSession` is the Train widget's helper for a live run. In the main
 thread it only listens and schedules:
 
-* every edit of the painted labels (strokes, erasing, fills, undo, a new
-  array) and of the annotated-regions Shapes layer restarts a short timer;
-  when painting pauses, a copy of the labels goes to the running training
+* a finished edit of the painted labels (a stroke on mouse release, a fill,
+  erasing, undo: napari's ``paint`` event) sends a copy of the labels to the
+  running training at once (large stacks: when painting pauses)
   (:meth:`~napari_unet.core.training.TrainingRun.update`), which takes it in
-  between two steps;
+  between two steps; other changes (a new array, the annotated-regions Shapes
+  layer, data changed in place) restart a short timer and are sent when they
+  pause. Labels identical to the last ones sent are not sent again;
 * every few seconds, and soon after the view moves, the current weights
   predict the part of the current plane on the canvas (with the network's
   context around it) in a background worker, and the result is written into
   the "live prediction" layer: cell outlines, or the cell probability. The
-  user's labels are never touched.
+  user's labels are never touched. The periodic prediction waits at least as
+  long as the last one took, so that on a CPU it never takes more than half
+  of the machine from training.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ __all__ = ["LiveSession", "OUTLINES", "PROBABILITY", "LIVE_NAME"]
 
 OUTLINES, PROBABILITY = "cell outlines", "cell probability"
 LIVE_NAME = "live prediction"
-#: Milliseconds of quiet after an edit before the labels go to training.
+#: Milliseconds of quiet after a change other than a finished stroke (a new array,
+#: the annotated regions) before the labels go to training.
 EDIT_DELAY_MS = 300
+#: Labels up to this many pixels are sent as soon as a stroke ends; larger ones (a big
+#: stack, whose copy takes a while) wait for painting to pause like other changes.
+SEND_AT_ONCE_PIXELS = 1 << 24
 #: Milliseconds between live predictions (a new one only if the model or the view changed).
 PREDICT_EVERY_MS = 2500
 #: Milliseconds after the view moves before the visible part is predicted.
@@ -71,6 +79,9 @@ class LiveSession:
         self.sent: dict[int, float] = {}  # update version -> when the edit was sent
         self.refreshes: list[tuple[float, float]] = []  # (model snapshot time, shown time)
         self._predicting: Any = None
+        self._last_sent: tuple[np.ndarray, Any] | None = None
+        self._predict_started = 0.0
+        self._next_periodic = 0.0  # the periodic prediction waits until then
         self._view_dirty = True
         self._last_step = -1
         self._step = 0
@@ -80,12 +91,13 @@ class LiveSession:
         self._edit.timeout.connect(self.send_labels)
         self._tick = QTimer()
         self._tick.setInterval(PREDICT_EVERY_MS)
-        self._tick.timeout.connect(self.predict)
+        self._tick.timeout.connect(self._periodic)
         self._view = QTimer()
         self._view.setSingleShot(True)
         self._view.setInterval(VIEW_DELAY_MS)
         self._view.timeout.connect(self.predict)
-        for event in (labels.events.paint, labels.events.data, labels.events.set_data):
+        labels.events.paint.connect(self._on_stroke)
+        for event in (labels.events.data, labels.events.set_data):
             event.connect(self._on_edit)
         if regions is not None:
             regions.events.data.connect(self._on_edit)
@@ -118,7 +130,16 @@ class LiveSession:
     # ------------------------------------------------------------ edits
     def _on_edit(self, *_: Any) -> None:
         if not self.closed:
-            self._edit.start()  # restart: wait until painting pauses
+            self._edit.start()  # restart: wait until the changes pause
+
+    def _on_stroke(self, *_: Any) -> None:
+        if self.closed:
+            return
+        if self.labels.data.size > SEND_AT_ONCE_PIXELS:
+            self._edit.start()
+        else:  # a finished edit: no need to wait
+            self._edit.stop()
+            self.send_labels()
 
     def send_labels(self) -> int | None:
         """Give the running training the labels as they are now."""
@@ -128,10 +149,14 @@ class LiveSession:
         region = None
         if self.regions is not None:
             region = self._rectangles(self.regions, self.labels) or None
+        last = self._last_sent
+        if last is not None and last[1] == region and np.array_equal(last[0], labels):
+            return None  # nothing new (a redraw after the stroke that was just sent)
         try:
             version = self.run.update(0, labels, region)
         except (ValueError, RuntimeError):
             return None  # ended, or labels that cannot be used: the next edit tries again
+        self._last_sent = (labels, region)
         self.sent[version] = time.perf_counter()
         self._view_dirty = True
         return version
@@ -145,6 +170,10 @@ class LiveSession:
         if not self.closed:
             self._view_dirty = True
             self._view.start()
+
+    def _periodic(self) -> None:
+        if time.perf_counter() >= self._next_periodic:
+            self.predict()
 
     def predict(self) -> None:
         """Predict the visible part of the current plane with the weights as they are now
@@ -178,6 +207,7 @@ class LiveSession:
             return plane, rows, cols, labels[cut], prob, t_model
 
         self._last_step, self._view_dirty = step, False
+        self._predict_started = time.perf_counter()
         self._predicting = start_worker(work, on_yield=lambda _: None, on_return=self._show,
                                         on_error=self._on_error, on_finish=self._finished)
 
@@ -199,6 +229,8 @@ class LiveSession:
 
     def _finished(self) -> None:
         self._predicting = None
+        now = time.perf_counter()
+        self._next_periodic = now + (now - self._predict_started)
 
     # ------------------------------------------------------------ end
     def close(self) -> None:
@@ -208,8 +240,8 @@ class LiveSession:
         self.closed = True
         for timer in (self._edit, self._tick, self._view):
             timer.stop()
-        for event in (self.labels.events.paint, self.labels.events.data,
-                      self.labels.events.set_data):
+        self.labels.events.paint.disconnect(self._on_stroke)
+        for event in (self.labels.events.data, self.labels.events.set_data):
             event.disconnect(self._on_edit)
         if self.regions is not None:
             self.regions.events.data.disconnect(self._on_edit)
