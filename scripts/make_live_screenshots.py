@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=float, default=60.0,
                         help="training time after each round of painting")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--first-cells", type=int, default=None,
+                        help="cells painted before live training starts (default: the "
+                             "fewest from which some are held out for validation)")
     parser.add_argument("--start", default="default",
                         help="'default' (the pretrained model) or 'scratch'")
     parser.add_argument("--radius", type=float, nargs=2, default=(16.0, 22.0),
@@ -69,7 +72,12 @@ def main() -> None:
     def rectangle(side: int) -> np.ndarray:
         return np.array([[0, 0], [0, side - 1], [side - 1, side - 1], [side - 1, 0]], float)
 
-    side = args.size // 5
+    from napari_unet.core.training.split import MIN_CELLS
+
+    side = args.size // 5  # the first corner: grown until some cells can be held out
+    need = MIN_CELLS if args.first_cells is None else args.first_cells
+    while len(cells_in(side)) < need and side < args.size:
+        side += 16
     first = cells_in(side)
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1100)

@@ -74,6 +74,7 @@ def test_live_training_takes_in_strokes_and_shows_its_prediction(live_widget, qt
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
     assert widget.session is None
     assert "Live training stopped" in widget.status.value
+    assert not widget.progress.visible, "no progress bar stuck at 0 % after live training"
     kept = widget.result.best_step
     if kept == 0:  # nothing beat the pretrained start on the held-out cells yet
         assert "starting model" in widget.status.value and not widget.save_button.visible

@@ -547,7 +547,7 @@ class TrainWidget(Container):
         run, self.run = self.run, None
         self.worker = None
         self._end_session()
-        self.progress.visible = True
+        self.progress.visible = not self._was_live  # a live run has no end to show
         self.cancel_button.text = "Cancel"
         if run is not None:
             run.close()  # after a cancel this makes the best model so far the result
