@@ -261,8 +261,10 @@ def live(args, app, pump, QTimer) -> None:  # noqa: N803 - a class
           f"{time.perf_counter() - start:.0f} s while {len(edits)} cells were painted one by "
           f"one and the annotated region grew to {side}x{side}; view 1024x1024")
     if included:
-        print(f"  edit -> included in training: median {np.median(included):.2f} s, "
-              f"max {np.max(included):.2f} s over {len(included)} edits "
+        inc = np.array(included)
+        print(f"  edit -> included in training: median {np.median(inc):.2f} s, "
+              f"p90 {np.percentile(inc, 90):.2f} s, max {inc.max():.2f} s, "
+              f"{int((inc > 1).sum())} over 1 s, over {len(inc)} edits "
               f"(each cell one finished edit, sent when it ends)")
     if refresh:
         print(f"  model snapshot -> refreshed live prediction of the 1024x1024 view: median "

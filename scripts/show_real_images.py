@@ -55,7 +55,7 @@ def main() -> None:
         print(f"{name}: {image.shape} {image.dtype}, {labels.max()} objects in "
               f"{time.perf_counter() - t:.1f} s")
         viewer = napari.Viewer(show=True, title=title)
-        viewer.window._qt_window.resize(1100, 800)
+        viewer.window.resize(1100, 800)
         viewer.add_image(image, name=name)
         viewer.add_labels(labels, name=f"{name} labels (default model)", opacity=0.5)
         for _ in range(20):

@@ -263,13 +263,18 @@ class Trainer:
                              "step": st["step"]}
                 yield record(val_loss=vl, val_f1=vf, best_val_f1=vf,
                              message="validation of the starting model")
-            while True:
-                if tset.has_pending:  # labels changed (live training): between two steps
+            def take_updates() -> None:
+                """Labels changed (live training): taken in between two steps."""
+                nonlocal batches, windows, stale, message
+                if tset.has_pending:
                     applied = tset.apply()
                     batches, windows = tset.batches, tset.windows
                     stale |= applied.validation_changed
                     message = applied.message or message or (
                         f"your edits are included (update {applied.version})")
+
+            while True:
+                take_updates()
                 if c.max_steps is not None and st["step"] >= c.max_steps:
                     stopped = "max_steps"
                     break
@@ -324,7 +329,8 @@ class Trainer:
                 last.update(time=now, step=st["step"])
                 acc, acc_n = torch.zeros((), device=dev), 0
                 val_loss = val_f1 = None
-                if due_val:
+                take_updates()  # before a validation, so that edits do not wait for it too
+                if due_val and windows:
                     if stale:
                         yield from revalidate()
                     val_loss, val_f1 = yield from validation(record(loss=mean, lr=lr))
