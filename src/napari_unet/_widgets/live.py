@@ -41,7 +41,7 @@ LIVE_NAME = "live prediction"
 EDIT_DELAY_MS = 300
 #: Labels up to this many pixels are sent as soon as a stroke ends; larger ones (a big
 #: stack, whose copy takes a while) wait for painting to pause like other changes.
-SEND_AT_ONCE_PIXELS = 1 << 24
+SEND_AT_ONCE_PIXELS = 1 << 22  # 2048 x 2048: the copy takes a few ms
 #: Milliseconds between live predictions (a new one only if the model or the view changed).
 PREDICT_EVERY_MS = 2500
 #: Milliseconds after the view moves before the visible part is predicted.
