@@ -57,6 +57,7 @@ from napari_unet import (
 )
 from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.cellsize import median_cell_diameter
+from napari_unet.core.decode import grow_cells
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
 
@@ -183,7 +184,8 @@ def recipe(a: argparse.Namespace) -> str:
             f"--patch {a.patch} --batch {a.batch} --lr {a.lr} --scale {a.scale[0]} {a.scale[1]} "
             f"--rotation {a.rotation} --validate-every {a.validate_every} --seed {a.seed} "
             f"--threads {a.threads} --device {a.device}"
-            + (f" --max-time {a.max_time:g}" if getattr(a, "max_time", None) else ""))
+            + (f" --max-time {a.max_time:g}" if getattr(a, "max_time", None) else "")
+            + (f" --start {a.start}" if getattr(a, "start", None) else ""))
 
 
 # --------------------------------------------------------------------- held-out sets
@@ -258,8 +260,10 @@ def heldout_stats(labels: list[np.ndarray]) -> dict[str, float]:
 #: decoding (:func:`napari_unet.probabilities_to_labels`, what ``segment`` does today):
 #: components of the cell class grown back over the carved gaps, or, for three classes,
 #: interior components grown into the boundary class. ``"watershed"`` (three classes only)
-#: is :func:`seeded_watershed`.
-DECODERS = ("grow", "watershed")
+#: is :func:`seeded_watershed`. ``"hysteresis"`` (two classes) is :func:`hysteresis_cells`.
+DECODERS = ("grow", "watershed", "hysteresis")
+#: Seed probability of the ``"hysteresis"`` decoder (``evaluate --seed-threshold``).
+HYSTERESIS_SEED = 0.9
 
 
 def seeded_watershed(probabilities: np.ndarray, classes: tuple[str, ...], *,
@@ -301,6 +305,36 @@ def seeded_watershed(probabilities: np.ndarray, classes: tuple[str, ...], *,
     return relabel[labels]
 
 
+def hysteresis_cells(probabilities: np.ndarray, classes: tuple[str, ...], *,
+                     seed_threshold: float = HYSTERESIS_SEED, threshold: float = 0.5,
+                     min_size: int = 16, grow: int = 4) -> np.ndarray:
+    """Cells of a two-class model from confident seeds (a prototype, not segment's rule).
+
+    Seeds are the components of ``cell >= seed_threshold`` (of at least ``min_size // 2``
+    pixels), so that a thin, less confident bridge between touching nuclei does not join
+    them; each seed is then grown over the pixels of ``cell >= threshold`` within
+    ``grow·√2`` pixels (napari-unet's bounded growth, the nearest seed wins).
+    Returns int32 labels numbered from 1.
+    """
+    from skimage.measure import label as cc_label
+
+    names = [str(c).lower() for c in classes]
+    cell = np.asarray(probabilities[names.index("cell") if "cell" in names else -1])
+    seeds = cc_label(cell >= seed_threshold, connectivity=1).astype(np.int32)
+    sizes = np.bincount(seeds.ravel())
+    keep = sizes >= max(int(min_size) // 2, 1)
+    keep[0] = False
+    relabel = np.zeros(sizes.size, np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    labels = grow_cells(relabel[seeds], (cell >= threshold) | (seeds > 0), grow)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(int(min_size), 1)
+    keep[0] = False
+    relabel = np.zeros(sizes.size, np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return relabel[labels]
+
+
 def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.ndarray:
     """Labels of one plane's probabilities with one of :data:`DECODERS` (segment's defaults:
     threshold 0.5, smallest cell 16 px, grow by the training gap plus one)."""
@@ -310,6 +344,8 @@ def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.n
                                        min_size=16, grow=grow)
     if decoder == "watershed":
         return seeded_watershed(probabilities, model.classes, threshold=0.5, min_size=16)
+    if decoder == "hysteresis":
+        return hysteresis_cells(probabilities, model.classes, seed_threshold=HYSTERESIS_SEED)
     raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
 
 
@@ -373,7 +409,10 @@ def pretrain(a: argparse.Namespace, images: list[np.ndarray], labels: list[np.nd
     """One pretraining run of the recipe in ``a``: (the best model, the TrainResult)."""
     torch.manual_seed(a.seed)
     gen = iter_train(
-        images, labels, None if resume else new_model(a.target_mode), max_steps=a.steps,
+        images, labels,
+        None if resume else (load_model(a.start) if getattr(a, "start", None)
+                             else new_model(a.target_mode)),
+        max_steps=a.steps,
         max_time=getattr(a, "max_time", None),
         patch_shape=a.patch, batch_size=a.batch, lr=a.lr, final_lr_fraction=0.05,
         validation=0.1, validate_every=a.validate_every, seed=a.seed, device=a.device,
@@ -422,7 +461,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     heldout = evaluate(best, n=a.eval_images)
     _print_eval(heldout)
     meta = model_metadata(a, result, labels, heldout, time.perf_counter() - t1)
-    best.metadata["training"]["started_from"] = "new"  # a new network, not a model file
+    if a.start:  # pretraining continued: the earlier stage's recipe stays on record
+        first = load_model(a.start).metadata
+        meta["recipe"] += f"; continued from {first.get('recipe', a.start)}"
+        meta["pretraining_seconds"] = round(
+            result.seconds + float(first.get("pretraining_seconds", 0.0)), 1)
+        meta["hardware"] = f"{meta['hardware']}; earlier stage: {first.get('hardware', '?')}"
+    best.metadata["training"]["started_from"] = (
+        "new" if not a.start else f"pretraining stage {Path(a.start).name}")
     path = save_model(best, a.output, weights_dtype="float16", **meta)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -511,12 +557,19 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    global HYSTERESIS_SEED
     _set_threads(a)
+    HYSTERESIS_SEED = a.seed_threshold
     model = load_model(a.model)
     t = time.perf_counter()
     res = evaluate(model, n=a.images, seed=a.seed, decoder=a.decoder)
     _print_eval(res)
     print(f"({time.perf_counter() - t:.0f} s, {a.images} images per condition, seed {a.seed})")
+    if a.real:
+        pairs = list(zip(a.real[::2], a.real[1::2]))
+        f1 = real_f1(model, pairs, (a.decoder,))[a.decoder]
+        res["real"] = {"annotated images given": f1}
+        print(f"real annotated images ({len(pairs)}): F1@0.5 {f1:.3f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
@@ -563,16 +616,22 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                   test: slice = test) -> float:
             return metrics.match(truth[test], segment(image, model)[test], 0.5).f1
 
-        row = [score(pretrained)]
+        row, kept = [score(pretrained)], []
         for start in (pretrained, None):
             gen = iter_train(image, labels, start if start is not None else new_model(),
-                             regions=[region], max_time=a.seconds, seed=a.seed)
+                             regions=[region], max_time=a.seconds, seed=a.seed,
+                             lr=a.lr if start is not None else None)
             for _ in gen:
                 pass
             row.append(score(gen.result.model))
+            r = gen.result
+            start_f1 = "-" if r.start_val_f1 is None else f"{r.start_val_f1:.2f}"
+            kept.append(f"step {r.best_step}/{r.steps}" + (
+                "" if r.best_val_f1 is None else f" (val F1 {r.best_val_f1:.2f} on "
+                f"{r.val_cells} cells, start {start_f1})"))
         n_test = np.count_nonzero(np.unique(truth[test]))
         print(f"{name:28s} {inside.size:5d} {n_test:5d} {row[0]:10.3f} {row[1]:10.3f} "
-              f"{row[2]:8.3f}", flush=True)
+              f"{row[2]:8.3f}   kept: fine-tuned {kept[0]}; new net {kept[1]}", flush=True)
     return 0
 
 
@@ -638,7 +697,8 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=2015)
     p.add_argument("--max-time", type=float, default=None,
                    help="stop after this many seconds of training even before --steps "
-                        "(a cap for a lent GPU's time; the learning rate follows --steps)")
+                        "(a cap for a lent GPU's time); the learning rate decays to its end "
+                        "along whichever of --steps and --max-time comes first")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: torch's default); the same count gives the same "
@@ -660,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--eval-images", type=int, default=6)
     t.add_argument("--checkpoint-dir", default=None)
     t.add_argument("--resume", default=None)
+    t.add_argument("--start", default=None, metavar="MODEL",
+                   help="continue pretraining from this model file's weights (a second "
+                   "stage, e.g. on the CPU with a decaying rate after a capped GPU run)")
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compare-targets", help="binary targets vs three classes vs seeded "
                        "watershed, trained with the same pool, seed and budget")
@@ -688,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--decoder", choices=DECODERS, default="grow",
                    help="grow: napari-unet's decoding (as segment); watershed: the seeded "
                    "watershed prototype (three-class models)")
+    e.add_argument("--seed-threshold", type=float, default=HYSTERESIS_SEED,
+                   help="seed probability of the hysteresis decoder")
+    e.add_argument("--real", nargs="*", default=[], metavar="PATH",
+                   help="pairs of real annotated images (image labels ...): F1 reported too")
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.add_argument("--json", default=None)
     e.set_defaults(func=cmd_evaluate)
@@ -698,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--size", type=int, default=1024)
     f.add_argument("--seed", type=int, default=11)
     f.add_argument("--only", nargs="*", help="run only these conditions (by name)")
+    f.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the fine-tuning (default: the engine's)")
     f.set_defaults(func=cmd_finetune)
     h = sub.add_parser("heldout", help="statistics and digests of the held-out sets; with -o, "
                        "write them as TIFF images and labels")
