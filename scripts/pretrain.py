@@ -266,6 +266,16 @@ DECODERS = ("grow", "watershed", "hysteresis")
 HYSTERESIS_SEED = 0.9
 
 
+def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` without the objects under ``min_size`` pixels, renumbered from 1 (int32)."""
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(int(min_size), 1)
+    keep[0] = False
+    relabel = np.zeros(sizes.size, np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return relabel[labels]
+
+
 def seeded_watershed(probabilities: np.ndarray, classes: tuple[str, ...], *,
                      threshold: float = 0.5, min_size: int = 16) -> np.ndarray:
     """Cells of a three-class model (background / interior / boundary) by a seeded watershed.
@@ -297,12 +307,7 @@ def seeded_watershed(probabilities: np.ndarray, classes: tuple[str, ...], *,
     labels = watershed(1 - interior, markers=seeds, mask=foreground, connectivity=1)
     rest = cc_label(foreground & (labels == 0), connectivity=1)
     labels = np.where(rest > 0, rest + labels.max(), labels)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(int(min_size), 1)
-    keep[0] = False
-    relabel = np.zeros(sizes.size, np.int32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return relabel[labels]
+    return drop_small(labels, min_size)
 
 
 def hysteresis_cells(probabilities: np.ndarray, classes: tuple[str, ...], *,
@@ -320,19 +325,9 @@ def hysteresis_cells(probabilities: np.ndarray, classes: tuple[str, ...], *,
 
     names = [str(c).lower() for c in classes]
     cell = np.asarray(probabilities[names.index("cell") if "cell" in names else -1])
-    seeds = cc_label(cell >= seed_threshold, connectivity=1).astype(np.int32)
-    sizes = np.bincount(seeds.ravel())
-    keep = sizes >= max(int(min_size) // 2, 1)
-    keep[0] = False
-    relabel = np.zeros(sizes.size, np.int32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    labels = grow_cells(relabel[seeds], (cell >= threshold) | (seeds > 0), grow)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(int(min_size), 1)
-    keep[0] = False
-    relabel = np.zeros(sizes.size, np.int32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return relabel[labels]
+    seeds = drop_small(cc_label(cell >= seed_threshold, connectivity=1), int(min_size) // 2)
+    labels = grow_cells(seeds, (cell >= threshold) | (seeds > 0), grow)
+    return drop_small(labels, min_size)
 
 
 def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.ndarray:

@@ -63,3 +63,26 @@ def test_heldout_stats_measures_contacts(pretrain):
     assert st["nuclei per image"] == 3
     assert st["touching %"] == pytest.approx(200 / 3)
     assert st["contact / radius"] == pytest.approx(10 / np.sqrt(100 / np.pi))
+
+
+def test_hysteresis_prototype_splits_a_weak_bridge_that_growing_keeps(pretrain):
+    """Two confident nuclei joined by a less confident bridge: segment's rule (components of
+    p >= 0.5 grown back) sees one cell, the hysteresis prototype two, each grown back over
+    the bridge and never into the background; a lone dim speck is dropped by size."""
+    p = np.zeros((2, 20, 30), np.float32)
+    p[1, 2:10, 2:10] = p[1, 2:10, 11:19] = 0.95
+    p[1, 2:10, 10] = 0.6  # the bridge
+    p[1, 15:17, 25:27] = 0.95  # 4 px: under min_size
+    p[0] = 1 - p[1]
+
+    class Model:
+        classes = ("background", "cell")
+        metadata: dict = {}
+
+    grown = pretrain.decode(p, Model(), "grow")
+    cells = pretrain.hysteresis_cells(p, Model.classes, min_size=16)
+    assert grown[5, 5] == grown[5, 15] != 0, "the rule of segment joins them"
+    assert cells.max() == 2 and cells[5, 5] != cells[5, 15]
+    assert cells[5, 10] in (cells[5, 5], cells[5, 15]), "the bridge goes to a neighbour"
+    assert (cells[p[1] < 0.5] == 0).all(), "nothing grows into the background"
+    assert cells[15, 25] == 0
