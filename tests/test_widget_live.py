@@ -83,3 +83,59 @@ def test_live_training_takes_in_strokes_and_shows_its_prediction(live_widget, qt
         assert f"step {kept}" in widget.status.value
     np.testing.assert_array_equal(layer.data, painted)
     assert widget.result.model.metadata["training"]["steps"] > 0
+
+
+def test_deleting_layers_during_live_training(live_widget, qtbot):
+    """Deleting the live prediction layer stops the preview, not training; deleting the
+    painted labels stops live training like Stop, says why, and keeps the model."""
+    from napari_unet._widgets.live import LIVE_NAME
+
+    viewer, widget, layer, _ = live_widget
+    widget.live.value = True
+    click(qtbot, widget.train_button)
+    widget._confirmed and click(qtbot, widget.train_button)
+    qtbot.waitUntil(lambda: widget.session is not None and bool(widget.session.refreshes),
+                    timeout=120000)
+    session = widget.session
+    viewer.layers.remove(viewer.layers[LIVE_NAME])  # the user deletes the preview
+    n = len(session.refreshes)
+    session.predict()  # a refresh is due: nothing is drawn, nothing fails
+    qtbot.wait(500)
+    assert LIVE_NAME not in [x.name for x in viewer.layers], "a deleted preview stays deleted"
+    assert widget.worker is not None and widget.session is session, "training goes on"
+    assert len(session.refreshes) == n
+    viewer.layers.remove(layer)  # the user deletes the labels being painted
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.session is None
+    assert "painted labels" in widget.status.value and "removed" in widget.status.value
+    assert widget.result is not None and widget.result.model is not None
+
+
+def test_deleting_the_region_layer_keeps_its_area(live_widget, qtbot):
+    """The annotated region says where the labels are complete: deleting its Shapes layer
+    during live training must not turn the unpainted rest of the image into background."""
+    viewer, widget, layer, _ = live_widget
+    shapes = viewer.add_shapes([np.array([[0, 0], [0, 79], [159, 79], [159, 0]], float)],
+                               shape_type="rectangle", name="annotated region",
+                               metadata={"napari-unet": "annotated regions"})
+    viewer.layers.selection.active = layer
+    widget.regions.value = shapes
+    widget.live.value = True
+    click(qtbot, widget.train_button)
+    widget._confirmed and click(qtbot, widget.train_button)
+    qtbot.waitUntil(lambda: widget.session is not None and widget.run is not None,
+                    timeout=60000)
+    session, run = widget.session, widget.run
+    sent = []
+    update = run.update
+    run.update = lambda i, labels, region=None: sent.append(region) or update(i, labels, region)
+    session.send_labels()
+    viewer.layers.remove(shapes)
+    data = np.array(layer.data, copy=True)
+    data[5:9, 5:9] = data.max() + 1  # an edit after the region layer is gone
+    layer.data = data
+    qtbot.waitUntil(lambda: len(sent) == 2, timeout=5000)
+    assert sent[0] is not None and sent[1] == sent[0], "the area stays as it was"
+    assert widget.worker is not None, "training goes on"
+    click(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)

@@ -66,16 +66,22 @@ class LiveSession:
         :data:`OUTLINES` or :data:`PROBABILITY`.
     device : str
         Where the live prediction runs (the training device).
+    on_lost : callable, optional
+        ``on_lost(reason)`` when the image or the painted labels are deleted from
+        the viewer: the Train widget stops the run and says why.
     """
 
     def __init__(self, viewer: Any, run: Any, image: Any, labels: Any, regions: Any,
-                 rectangles: Any, show: str = OUTLINES, device: str = "auto") -> None:
+                 rectangles: Any, show: str = OUTLINES, device: str = "auto",
+                 on_lost: Any = None) -> None:
         self.viewer, self.run = viewer, run
         self.image, self.labels, self.regions = image, labels, regions
         self._rectangles = rectangles
         self.show = show
         self.device = device
         self.closed = False
+        self._on_lost = on_lost
+        self._region_kept: Any = None  # the regions as they were when their layer was deleted
         self.sent: dict[int, float] = {}  # update version -> when the edit was sent
         self.refreshes: list[tuple[float, float]] = []  # (model snapshot time, shown time)
         self._predicting: Any = None
@@ -105,6 +111,7 @@ class LiveSession:
         self._camera.events.center.connect(self._on_view)
         self._camera.events.zoom.connect(self._on_view)
         viewer.dims.events.current_step.connect(self._on_view)
+        viewer.layers.events.removed.connect(self._on_removed)
         self._tick.start()
         self.layer = self._make_layer()
 
@@ -127,6 +134,28 @@ class LiveSession:
         self.viewer.layers.selection.active = self.labels
         return layer
 
+    def _on_removed(self, event: Any) -> None:
+        """A layer was deleted: the preview stops with its layer; the regions stay as they
+        were (their area is where the labels are complete); without the image or the
+        labels, live training ends."""
+        if self.closed:
+            return
+        gone = event.value
+        if gone is self.layer:
+            self.layer = None
+            self._tick.stop()
+            self._view.stop()
+        elif gone is self.regions:
+            self._region_kept = self._rectangles(self.regions, self.labels) or None
+            self.regions.events.data.disconnect(self._on_edit)
+            self.regions = None
+        elif gone is self.labels or gone is self.image:
+            what = "painted labels" if gone is self.labels else "image"
+            reason = f"the {what} layer '{gone.name}' was removed"
+            self.close()
+            if self._on_lost is not None:
+                self._on_lost(reason)
+
     # ------------------------------------------------------------ edits
     def _on_edit(self, *_: Any) -> None:
         if not self.closed:
@@ -146,7 +175,7 @@ class LiveSession:
         if self.closed or self.run is None:
             return None
         labels = np.array(self.labels.data, copy=True)
-        region = None
+        region = self._region_kept
         if self.regions is not None:
             region = self._rectangles(self.regions, self.labels) or None
         last = self._last_sent
@@ -178,7 +207,8 @@ class LiveSession:
     def predict(self) -> None:
         """Predict the visible part of the current plane with the weights as they are now
         (in a worker; skipped while one runs, or when neither model nor view changed)."""
-        if self.closed or self._predicting is not None or self.run is None:
+        if self.closed or self._predicting is not None or self.run is None or (
+                self.layer is None):
             return
         if self._step == self._last_step and not self._view_dirty:
             return
@@ -212,7 +242,7 @@ class LiveSession:
                                         on_error=self._on_error, on_finish=self._finished)
 
     def _show(self, result: Any) -> None:
-        if self.closed or result is None:
+        if self.closed or result is None or self.layer is None:
             return
         plane, rows, cols, labels, prob, t_model = result
         index = (*plane, rows, cols)
@@ -248,6 +278,7 @@ class LiveSession:
         self._camera.events.center.disconnect(self._on_view)
         self._camera.events.zoom.disconnect(self._on_view)
         self.viewer.dims.events.current_step.disconnect(self._on_view)
+        self.viewer.layers.events.removed.disconnect(self._on_removed)
         worker, self._predicting = self._predicting, None
         if worker is not None:  # stops between two tiles; wait for it, so that nothing
             worker.quit()      # outlives the viewer

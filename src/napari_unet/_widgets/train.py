@@ -269,6 +269,7 @@ class TrainWidget(Container):
         self._name = "model"
         self.session: LiveSession | None = None
         self._was_live = False
+        self._lost: str | None = None
         self.reset_choices()
         self._on_model_selected(self.models.value)
 
@@ -433,6 +434,7 @@ class TrainWidget(Container):
         self._reset_confirmation()
         live = bool(self.live.value)
         self._was_live = live
+        self._lost = None
         if live and len(images) != 1:
             self._fail("live training follows one image and its labels: tick one image and "
                        "one labels layer")
@@ -477,13 +479,19 @@ class TrainWidget(Container):
             self.session = LiveSession(
                 self.viewer, run, self.images.value[0], self.labels.value[0],
                 self.regions.value, rectangles_from_shapes, show=self.live_show.value,
-                device=self.device.value)
+                device=self.device.value, on_lost=self._live_lost)
 
     def _fail(self, message: str) -> None:
         """One problem, said once: in the status line and in one notification."""
         message = message[:1].upper() + message[1:]
         self.status.value = message
         show_error(f"napari-unet: {message}")
+
+    def _live_lost(self, reason: str) -> None:
+        """The image or the painted labels of a live run were deleted: stop, say why."""
+        self._lost = reason
+        self.session = None  # it closed itself
+        self.cancel()
 
     def cancel(self) -> None:
         """Stop training after the step under way; the best model so far is kept."""
@@ -571,7 +579,7 @@ class TrainWidget(Container):
         """Say truthfully how the run ended, which model was kept, and where it is."""
         why = _STOPPED.get(summary.stopped_reason, f"Stopped early: {summary.stopped_reason}")
         if self._was_live and summary.stopped_reason == "cancelled":
-            why = "Live training stopped"
+            why = "Live training stopped" + (f" ({self._lost})" if self._lost else "")
         head = f"{why} after {summary.steps} steps in {summary.seconds:.0f} s."
         cells = "" if summary.val_cells is None else f" on {summary.val_cells} held-out cells"
         if summary.kept_step is None:
