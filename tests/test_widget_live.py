@@ -139,3 +139,32 @@ def test_deleting_the_region_layer_keeps_its_area(live_widget, qtbot):
     assert widget.worker is not None, "training goes on"
     click(qtbot, widget.cancel_button)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+
+
+def test_switching_the_live_prediction_to_probability(live_widget, qtbot):
+    """The 'live prediction' combo box works during a run: the layer becomes the cell
+    probability (an Image layer with values in [0, 1]), and back to outlines."""
+    from napari_unet._widgets.live import LIVE_NAME, OUTLINES, PROBABILITY
+
+    viewer, widget, layer, _ = live_widget
+    widget.live.value = True
+    click(qtbot, widget.train_button)
+    widget._confirmed and click(qtbot, widget.train_button)
+    qtbot.waitUntil(lambda: widget.session is not None and bool(widget.session.refreshes),
+                    timeout=120000)
+    session = widget.session
+    assert type(viewer.layers[LIVE_NAME]).__name__ == "Labels"
+    n = len(session.refreshes)
+    widget.live_show.value = PROBABILITY  # the user picks it in the combo box
+    qtbot.waitUntil(lambda: len(session.refreshes) > n, timeout=120000)
+    live = viewer.layers[LIVE_NAME]
+    assert type(live).__name__ == "Image"
+    assert [x.name for x in viewer.layers].count(LIVE_NAME) == 1
+    values = np.asarray(live.data)
+    assert values.max() > 0.5 and values.min() >= 0 and values.max() <= 1
+    assert viewer.layers.selection.active is layer, "painting goes on in the user's layer"
+    widget.live_show.value = OUTLINES
+    assert type(viewer.layers[LIVE_NAME]).__name__ == "Labels"
+    assert widget.worker is not None and widget.session is session
+    click(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)

@@ -134,6 +134,16 @@ class LiveSession:
         self.viewer.layers.selection.active = self.labels
         return layer
 
+    def set_show(self, show: str) -> None:
+        """Show outlines or probability from now on (a new layer, predicted at once)."""
+        if self.closed or (show == self.show and self.layer is not None):
+            return
+        self.show, self.layer = show, None  # the old layer's removal is ours, not the user's
+        self.layer = self._make_layer()
+        self._tick.start()
+        self._view_dirty = True
+        self.predict()
+
     def _on_removed(self, event: Any) -> None:
         """A layer was deleted: the preview stops with its layer; the regions stay as they
         were (their area is where the labels are complete); without the image or the

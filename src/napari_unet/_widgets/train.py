@@ -240,6 +240,8 @@ class TrainWidget(Container):
         self.start.changed.connect(lambda v: setattr(self.start_file, "visible", v == NEW_FILE))
         self.budget_kind.changed.connect(self._on_budget_kind)
         self.live.changed.connect(self._on_live_toggled)
+        self.live_show.changed.connect(
+            lambda v: self.session is not None and self.session.set_show(v))
         self.train_button.changed.connect(self.train)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save_result)
