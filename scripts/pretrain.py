@@ -264,6 +264,9 @@ def heldout_stats(labels: list[np.ndarray]) -> dict[str, float]:
 DECODERS = ("grow", "watershed", "hysteresis")
 #: Seed probability of the ``"hysteresis"`` decoder (``evaluate --seed-threshold``).
 HYSTERESIS_SEED = 0.9
+#: Cell probability threshold of the ``"grow"`` decoder (segment's default; ``evaluate
+#: --threshold`` tries others).
+GROW_THRESHOLD = 0.5
 
 
 def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -335,7 +338,7 @@ def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.n
     threshold 0.5, smallest cell 16 px, grow by the training gap plus one)."""
     if decoder == "grow":
         grow = int(model.metadata.get("target", {}).get("gap", 1)) + 1
-        return probabilities_to_labels(probabilities, model.classes, threshold=0.5,
+        return probabilities_to_labels(probabilities, model.classes, threshold=GROW_THRESHOLD,
                                        min_size=16, grow=grow)
     if decoder == "watershed":
         return seeded_watershed(probabilities, model.classes, threshold=0.5, min_size=16)
@@ -552,9 +555,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    global HYSTERESIS_SEED
+    global HYSTERESIS_SEED, GROW_THRESHOLD
     _set_threads(a)
-    HYSTERESIS_SEED = a.seed_threshold
+    HYSTERESIS_SEED, GROW_THRESHOLD = a.seed_threshold, a.threshold
     model = load_model(a.model)
     t = time.perf_counter()
     res = evaluate(model, n=a.images, seed=a.seed, decoder=a.decoder)
@@ -746,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--decoder", choices=DECODERS, default="grow",
                    help="grow: napari-unet's decoding (as segment); watershed: the seeded "
                    "watershed prototype (three-class models)")
+    e.add_argument("--threshold", type=float, default=GROW_THRESHOLD,
+                   help="cell probability threshold of the grow decoder (segment's default)")
     e.add_argument("--seed-threshold", type=float, default=HYSTERESIS_SEED,
                    help="seed probability of the hysteresis decoder")
     e.add_argument("--real", nargs="*", default=[], metavar="PATH",
