@@ -6,7 +6,8 @@ corner painted; live training (``iter_train`` with no limits, run in a thread as
 the Train widget's worker does) takes new cells one by one through
 ``TrainingRun.update`` while the painted region grows, and the main thread
 keeps predicting the whole 1024×1024 view with the current weights
-(``TrainingRun.current_model`` then ``segment``), as the live prediction layer does.
+(``TrainingRun.current_model`` then ``segment``), as the live prediction layer does:
+after each prediction it waits as long as that one took, as the widget does.
 
 Prints:
 
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     start, step0 = time.perf_counter(), steps[0]
     sent: dict[int, float] = {}
     refresh: list[float] = []
-    next_update = start
+    next_update = next_predict = start
     rng = np.random.default_rng(0)
     done = set(np.unique(labels).tolist())
     while time.perf_counter() - start < args.seconds:
@@ -96,12 +97,16 @@ def main(argv=None) -> int:
             version = run.update(0, labels, [(0, 0, side, side)])
             sent[version] = time.perf_counter()
             next_update = now + args.every
+        if now < next_predict:
+            time.sleep(0.01)
+            continue
         t = time.perf_counter()
         model = run.current_model(args.device)
         segment(image, model, device=args.device, return_probabilities=True)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         refresh.append(time.perf_counter() - t)
+        next_predict = time.perf_counter() + refresh[-1]  # the widget's pause after each one
     elapsed, n_steps = time.perf_counter() - start, steps[0] - step0
     stop.set()
     thread.join(timeout=120)
