@@ -31,6 +31,16 @@ def test_round_trip_keeps_everything(tmp_path, rng):
     assert not list(tmp_path.glob("sub/.*tmp")), "no temporary file left behind"
 
 
+def test_a_copy_knows_its_own_file_not_the_one_it_was_copied_from(tmp_path):
+    net = UNet(depth=2, base_channels=4)
+    first = load_model(save_model(net, tmp_path / "first.pt"))
+    assert first.metadata["path"] == str(tmp_path / "first.pt")
+    copy = load_model(save_model(first, tmp_path / "copy.pt"))  # e.g. "Save this model"
+    assert copy.metadata["path"] == str(tmp_path / "copy.pt")
+    payload = torch.load(tmp_path / "copy.pt", map_location="cpu", weights_only=True)
+    assert "path" not in payload["metadata"], "where a file lies is not stored in it"
+
+
 def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path, rng):
     net = UNet(depth=2, base_channels=8, norm="batch").eval()
     full = save_model(net, tmp_path / "full.pt")

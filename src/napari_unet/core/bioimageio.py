@@ -265,7 +265,7 @@ def read_bioimageio_package(path: str | os.PathLike) -> UNet:
             f"{path} is a damaged napari-unet bioimage.io package: {reason[:200]}"
         ) from None
     check_finite(model, path)
-    model.metadata.setdefault("path", str(path))
+    model.metadata["path"] = str(path)
     return model
 
 

@@ -129,7 +129,10 @@ def save_model(
     path = Path(path)
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                **model_to_dict(model, store)}
-    payload["metadata"] = jsonable({**payload["metadata"], **metadata}, "model metadata")
+    # where a model was read from is known when it is read again: never stored (a copy
+    # would otherwise name the file it was copied from)
+    stored = {k: v for k, v in {**payload["metadata"], **metadata}.items() if k != "path"}
+    payload["metadata"] = jsonable(stored, "model metadata")
     return atomic_torch_save(payload, path, overwrite=overwrite)
 
 
@@ -196,7 +199,7 @@ def read_model(path: str | os.PathLike | UNet = "default", device: str | None = 
             f"{path} is a damaged napari-unet model file: {str(err).splitlines()[0]}"
         ) from None
     check_finite(model, path)
-    model.metadata.setdefault("path", str(path))
+    model.metadata["path"] = str(path)
     return place_model(model, device)
 
 
