@@ -2,12 +2,14 @@
 are painted.
 
 Run under a (virtual) display: ``xvfb-run -a -s "-screen 0 1600x1200x24" python
-scripts/make_live_screenshots.py -o docs/images``. A generated image whose cells the
-starting model does not know yet is opened with a few cells painted in one corner inside an
-annotated region; Live training is ticked in the Train widget and started. Then cells are
-painted one by one (each a whole cell, as a fill or a few brush strokes give), the annotated
-region is dragged over them, and a screenshot is taken after each round, with the F1 of the
-live prediction against the image's true cells printed next to it. The last picture shows
+scripts/make_live_screenshots.py --kind phase -o docs/images`` (the guide's pictures: a
+phase-contrast image, which the pretrained nuclei model does not know). The generated image
+is opened with the cells of one corner painted (at least as many as some can be held out
+from) inside an annotated region; Live training is ticked in the Train widget and
+started. Then cells are painted one by one (each a whole cell, as a fill or a few brush
+strokes give), the annotated region is dragged over them, and a screenshot is taken after
+each round, with the F1 of the live prediction against the image's true cells printed next
+to it. The last picture shows
 the panel after Stop.
 """
 
