@@ -32,6 +32,16 @@ def live_widget(make_napari_viewer, models_dir, qtbot):
     return viewer, widget, layer, labels
 
 
+def start_live(widget, qtbot):
+    """Tick 'live', start, and wait for the first live prediction: the session."""
+    widget.live.value = True
+    click(qtbot, widget.train_button)
+    widget._confirmed and click(qtbot, widget.train_button)  # "train anyway" if it warned
+    qtbot.waitUntil(lambda: widget.session is not None and bool(widget.session.refreshes),
+                    timeout=120000)
+    return widget.session
+
+
 def test_live_training_takes_in_strokes_and_shows_its_prediction(live_widget, qtbot):
     from napari_unet._widgets.live import EDIT_DELAY_MS, LIVE_NAME
 
@@ -91,12 +101,7 @@ def test_deleting_layers_during_live_training(live_widget, qtbot):
     from napari_unet._widgets.live import LIVE_NAME
 
     viewer, widget, layer, _ = live_widget
-    widget.live.value = True
-    click(qtbot, widget.train_button)
-    widget._confirmed and click(qtbot, widget.train_button)
-    qtbot.waitUntil(lambda: widget.session is not None and bool(widget.session.refreshes),
-                    timeout=120000)
-    session = widget.session
+    session = start_live(widget, qtbot)
     viewer.layers.remove(viewer.layers[LIVE_NAME])  # the user deletes the preview
     n = len(session.refreshes)
     session.predict()  # a refresh is due: nothing is drawn, nothing fails
@@ -147,12 +152,7 @@ def test_switching_the_live_prediction_to_probability(live_widget, qtbot):
     from napari_unet._widgets.live import LIVE_NAME, OUTLINES, PROBABILITY
 
     viewer, widget, layer, _ = live_widget
-    widget.live.value = True
-    click(qtbot, widget.train_button)
-    widget._confirmed and click(qtbot, widget.train_button)
-    qtbot.waitUntil(lambda: widget.session is not None and bool(widget.session.refreshes),
-                    timeout=120000)
-    session = widget.session
+    session = start_live(widget, qtbot)
     assert type(viewer.layers[LIVE_NAME]).__name__ == "Labels"
     n = len(session.refreshes)
     widget.live_show.value = PROBABILITY  # the user picks it in the combo box
