@@ -41,9 +41,9 @@ from .checkpoints import (
     FORMAT_VERSION,
     ModelFileError,
     check_finite,
-    jsonable,
     place_model,
     read_model,
+    stored_metadata,
 )
 from .model import UNet, cell_probability, declared_parameters, model_from_dict
 from .normalize import Normalization
@@ -650,8 +650,7 @@ def _write_package_folder(
         check_finite(net, "the model" if source_name is None else source_name)
     except ModelFileError as err:
         raise ValueError(str(err)) from None
-    meta = {k: v for k, v in dict(net.metadata).items() if k != "path"}
-    meta = jsonable(meta, "model metadata")
+    meta = stored_metadata(dict(net.metadata))
     norm = net.normalization
     if norm.high <= 1.0:
         raise ValueError(

@@ -23,6 +23,7 @@ __all__ = [
     "save_model",
     "atomic_torch_save",
     "jsonable",
+    "stored_metadata",
     "read_model",
     "place_model",
     "zip_but_not_torch",
@@ -129,11 +130,18 @@ def save_model(
     path = Path(path)
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                **model_to_dict(model, store)}
-    # where a model was read from is known when it is read again: never stored (a copy
-    # would otherwise name the file it was copied from)
-    stored = {k: v for k, v in {**payload["metadata"], **metadata}.items() if k != "path"}
-    payload["metadata"] = jsonable(stored, "model metadata")
+    payload["metadata"] = stored_metadata({**payload["metadata"], **metadata})
     return atomic_torch_save(payload, path, overwrite=overwrite)
+
+
+def stored_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A model's metadata as a file stores it: plain values, without ``"path"``.
+
+    Where a model was read from is set when it is read (a copy saved elsewhere would
+    otherwise name the file it was copied from); model files and bioimage.io packages
+    both store this.
+    """
+    return jsonable({k: v for k, v in metadata.items() if k != "path"}, "model metadata")
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
