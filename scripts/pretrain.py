@@ -403,13 +403,14 @@ def _set_threads(a: argparse.Namespace) -> None:
 
 
 def pretrain(a: argparse.Namespace, images: list[np.ndarray], labels: list[np.ndarray],
-             checkpoint_dir: str | Path | None, resume: str | Path | None) -> tuple[Any, Any]:
-    """One pretraining run of the recipe in ``a``: (the best model, the TrainResult)."""
+             checkpoint_dir: str | Path | None, resume: str | Path | None,
+             start: Any = None) -> tuple[Any, Any]:
+    """One pretraining run of the recipe in ``a``, from ``start`` (a model of an earlier
+    stage) or a new network: (the best model, the TrainResult)."""
     torch.manual_seed(a.seed)
     gen = iter_train(
         images, labels,
-        None if resume else (load_model(a.start) if getattr(a, "start", None)
-                             else new_model(a.target_mode)),
+        None if resume else (start if start is not None else new_model(a.target_mode)),
         max_steps=a.steps,
         max_time=getattr(a, "max_time", None),
         patch_shape=a.patch, batch_size=a.batch, lr=a.lr, final_lr_fraction=0.05,
@@ -454,13 +455,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     images, labels, counts = training_pool(a.images, a.seed, _shares(a), a.packed)
     print(f"pool: {len(images)} images {counts} in {time.perf_counter() - t0:.1f} s", flush=True)
-    best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume)
+    start = load_model(a.start) if a.start else None  # training works on a copy of it
+    best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume, start)
     t1 = time.perf_counter()
     heldout = evaluate(best, n=a.eval_images)
     _print_eval(heldout)
     meta = model_metadata(a, result, labels, heldout, time.perf_counter() - t1)
-    if a.start:  # pretraining continued: the earlier stage's recipe stays on record
-        first = load_model(a.start).metadata
+    if start is not None:  # pretraining continued: the earlier stage's recipe stays on record
+        first = start.metadata
         meta["recipe"] += f"; continued from {first.get('recipe', a.start)}"
         meta["pretraining_seconds"] = round(
             result.seconds + float(first.get("pretraining_seconds", 0.0)), 1)
