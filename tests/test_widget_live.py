@@ -116,6 +116,19 @@ def test_deleting_layers_during_live_training(live_widget, qtbot):
     assert widget.result is not None and widget.result.model is not None
 
 
+def test_the_live_prediction_is_never_preselected_as_labels(live_widget, qtbot):
+    """The painted labels are deleted while the live prediction layer stays: the Train
+    widget must not pick the model's own guess as the labels of the next run."""
+    from napari_unet._widgets.live import LIVE_NAME
+
+    viewer, widget, layer, _ = live_widget
+    start_live(widget, qtbot)
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert LIVE_NAME in [x.name for x in widget.labels.choices], "still there to pick"
+    assert widget.labels.value == [], "but not picked for the user"
+
+
 def test_deleting_the_region_layer_keeps_its_area(live_widget, qtbot):
     """The annotated region says where the labels are complete: deleting its Shapes layer
     during live training must not turn the unpainted rest of the image into background."""

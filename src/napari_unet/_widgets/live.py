@@ -32,10 +32,21 @@ from ..core import SegmentOptions, iter_segment
 from ..core.model import cell_probability
 from ._common import camera_of, current_plane, spatial_shape, start_worker, visible_region
 
-__all__ = ["LiveSession", "OUTLINES", "PROBABILITY", "LIVE_NAME"]
+__all__ = ["LiveSession", "OUTLINES", "PROBABILITY", "LIVE_NAME", "is_live_layer"]
 
 OUTLINES, PROBABILITY = "cell outlines", "cell probability"
 LIVE_NAME = "live prediction"
+#: The metadata key and value that mark the live prediction layer.
+LIVE_MARK = "napari-unet"
+
+
+def is_live_layer(layer: Any) -> bool:
+    """True for the live prediction layer of a live run: the model's current guess,
+    never labels to train on."""
+    meta = getattr(layer, "metadata", None) or {}
+    return meta.get(LIVE_MARK) == LIVE_NAME
+
+
 #: Milliseconds of quiet after a change other than a finished stroke (a new array,
 #: the annotated regions) before the labels go to training.
 EDIT_DELAY_MS = 300
@@ -122,7 +133,8 @@ class LiveSession:
         old = next((layer for layer in self.viewer.layers if layer.name == name), None)
         if old is not None:
             self.viewer.layers.remove(old)
-        kw = dict(name=name, scale=self.image.scale, translate=self.image.translate)
+        kw = dict(name=name, scale=self.image.scale, translate=self.image.translate,
+                  metadata={LIVE_MARK: LIVE_NAME})
         if self.show == PROBABILITY:
             layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="magma",
                                           contrast_limits=(0, 1), opacity=0.5,

@@ -44,7 +44,7 @@ from ._common import (
 )
 from ._plot import LossPlot
 from .annotate import is_regions_layer, layer_choices
-from .live import OUTLINES, PROBABILITY, LiveSession
+from .live import OUTLINES, PROBABILITY, LiveSession, is_live_layer
 
 if TYPE_CHECKING:
     import napari
@@ -291,8 +291,9 @@ class TrainWidget(Container):
         """The first image, a labels layer of its size and a regions layer, when unset."""
         if not self.images.value and self.images.choices:
             self.images.value = [self.images.choices[0]]
-        if not self.labels.value and self.labels.choices:
-            labels = list(self.labels.choices)
+        # never the live prediction layer: the model's guess, not labels the user painted
+        labels = [lab for lab in self.labels.choices if not is_live_layer(lab)]
+        if not self.labels.value and labels:
             if self.images.value:
                 shape = spatial_shape(self.images.value[0])
                 labels = [lab for lab in labels if tuple(lab.data.shape) == shape] or labels
