@@ -123,6 +123,11 @@ def _hardware() -> str:
     return f"CPU only: {cpu}, {threads} torch threads ({os.cpu_count()} logical cores)"
 
 
+def _pool_sample(job: tuple[str, Any, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    kind, seed, kw = job
+    return make_sample(kind, POOL_SHAPE, seed=np.random.default_rng(seed), **kw)
+
+
 def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = None,
                   packed: float = PACKED_SHARE
                   ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
@@ -137,22 +142,26 @@ def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = No
     g = np.random.default_rng(root.spawn(1)[0])
     kinds = [k for k in shares if shares[k] > 0]
     counts = {k: int(round(shares[k] * n_images)) for k in kinds}
-    images, labels = [], []
     children = root.spawn(sum(counts.values()))
-    i = 0
+    jobs = []  # every random choice is drawn here, in order, so workers change nothing
     for kind in kinds:
         for _ in range(counts[kind]):
-            rng = np.random.default_rng(children[i])
-            i += 1
             kw: dict[str, Any] = {"dtype": DTYPES[int(g.integers(len(DTYPES)))]}
             if kind == "nuclei":
                 kw["radius"] = (4.0, 26.0)
                 if g.random() < packed:
                     kw.update(layout="clustered", touching=float(g.uniform(*PACKED_TOUCHING)),
                               density=float(g.uniform(*PACKED_DENSITY)))
-            image, lab = make_sample(kind, POOL_SHAPE, seed=rng, **kw)
-            images.append(image)
-            labels.append(lab)
+            jobs.append((kind, children[len(jobs)], kw))
+    workers = min(len(jobs), max(1, (os.cpu_count() or 1) - 1))
+    if workers > 2:  # a GPU machine's cores (the same images as one process makes)
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            pairs = list(pool.map(_pool_sample, jobs, chunksize=4))
+    else:
+        pairs = [_pool_sample(job) for job in jobs]
+    images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
     # interleave kinds so that the validation split (the last planes) holds every kind
     order = np.random.default_rng(seed + 1).permutation(len(images))
     return [images[j] for j in order], [labels[j] for j in order], counts

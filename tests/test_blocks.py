@@ -69,6 +69,51 @@ def test_random_network_in_blocks_equals_one_piece(rng):
     assert not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
 
 
+def test_decoding_overlapped_with_the_network_gives_the_same_result(rng, tmp_path):
+    """The GPU schedule (a block labelled in a thread while the next is predicted, blocks
+    grown in threads), run here on the CPU: the same labels and probabilities, into numpy
+    and into a zarr array chunked like the blocks; stopping it leaves no thread behind."""
+    import dataclasses
+    import threading
+
+    from napari_unet.core.blocks import plan_segmentation
+    from napari_unet.core.options import SegmentOptions
+
+    net = UNet(depth=2, base_channels=4).eval()
+    image = ndi.gaussian_filter(rng.normal(size=(2, 150, 170)), 2.5).astype(np.float32)
+    probs = predict_tiled(net, image, tile_shape=48)
+    threshold = float(np.percentile(probs[1], 55))
+    options = SegmentOptions(tile_shape=48, block_shape=40, threshold=threshold, min_size=6,
+                             grow=2)
+    plan = plan_segmentation(image, net, options)
+    assert not plan.overlap, "the CPU runs one thing at a time"
+    assert plan.grid.total >= 9
+    fast = dataclasses.replace(plan, overlap=True)
+
+    def run(p, **kw):
+        gen = iter_segment_blocks(image, net, options, plan=p, probabilities=True, **kw)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    reference = run(plan)
+    assert reference.n_cells > 30
+    for kw in ({}, {"out": tmp_path / "labels.zarr"}):
+        got = run(fast, **kw)
+        np.testing.assert_array_equal(np.asarray(got.labels[...]), reference.labels)
+        np.testing.assert_array_equal(got.probabilities, reference.probabilities)
+        assert got.n_cells == reference.n_cells
+    before = threading.active_count()
+    gen = iter_segment_blocks(image, net, options, plan=fast)
+    for _ in range(4):
+        next(gen)
+    gen.close()
+    assert threading.active_count() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-unet-")]
+
+
 def test_default_blocks_hold_a_gpu_batch_of_tiles():
     net = UNet(depth=2, base_channels=4)
     plan = plan_tiles(net, (3000, 3000), (400, 400))

@@ -33,7 +33,10 @@ def test_cuda_matches_cpu_and_batches_tiles(rng):
 def test_auto_tiles_use_gpu_memory(rng):
     model = UNet(depth=4, base_channels=16).eval()
     tile, batch = _auto_tile_and_batch(model, (4096, 4096), torch.device("cuda"), 1)
-    assert tile[0] >= 1024 and batch > 1
+    assert tile[0] >= 1024 and batch == 1  # one large tile fills a GPU
+    # smaller tiles (a smaller plane) go in batches that together fill the GPU as well
+    tile, batch = _auto_tile_and_batch(model, (2048, 2048), torch.device("cuda"), 1)
+    assert batch > 1
     image = rng.normal(size=(1500, 1300)).astype(np.float32)
     auto = predict_tiled(model, image, device="cuda")
     np.testing.assert_allclose(auto, predict_tiled(model, image, tile_shape=400, device="cuda"),
@@ -58,6 +61,32 @@ def test_out_of_memory_retries_with_smaller_batches_then_tiles(rng):
     assert probs.shape == (2, 9000, 9000) and np.isfinite(probs).all()
     reference = predict_tiled(model, image, tile_shape=1024, batch_size=2, device="cuda")
     np.testing.assert_allclose(probs, reference, atol=1e-4)
+
+
+def test_segment_overlaps_decoding_with_the_network_and_gives_the_same_labels(rng):
+    """On a GPU a block is labelled while the next is predicted (a batch is read while the
+    one before runs): the labels are those of the probabilities it returns, and those
+    are the CPU's."""
+    from scipy import ndimage as ndi
+
+    from napari_unet import probabilities_to_labels, segment
+    from napari_unet.core.blocks import plan_segmentation
+    from napari_unet.core.options import SegmentOptions
+
+    model = UNet(depth=3, base_channels=8).eval()
+    image = ndi.gaussian_filter(rng.normal(size=(700, 620)), 3).astype(np.float32)
+    cpu = predict_tiled(model, image, tile_shape=200, device="cpu")
+    threshold = float(np.percentile(cpu[1], 55))
+    settings = dict(tile_shape=200, batch_size=2, block_shape=250, threshold=threshold,
+                    min_size=6, grow=2, device="cuda")
+    plan = plan_segmentation(image, model, SegmentOptions(**settings))
+    assert plan.overlap and plan.grid.total >= 4 and plan.grid.plan.total > 2 * plan.batch
+    labels, probs = segment(image, model, return_probabilities=True, **settings)
+    np.testing.assert_allclose(probs, cpu, atol=1e-4)
+    reference = probabilities_to_labels(probs, model.classes, threshold=threshold, min_size=6,
+                                        grow=2)
+    assert reference.max() > 20
+    np.testing.assert_array_equal(labels, reference)
 
 
 # ------------------------------------------------------------------ training

@@ -38,10 +38,13 @@ output chunked like the blocks) passes its plan on to :func:`iter_segment_blocks
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import warnings
 from collections.abc import Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -123,6 +126,11 @@ class SegmentPlan:
         The labelling rule (``grow`` resolved from the model if not given).
     block_request : (int, int) or None
         The block size asked for, to lay the blocks out again with smaller tiles.
+    overlap : bool
+        Decode on the host while the network runs: label a block in a second
+        thread while the next one is predicted, and grow blocks in threads (by
+        default on a GPU, whose host is otherwise idle; not on the CPU, where
+        the network uses every core). The labels are the same either way.
     """
 
     layout: ImageLayout
@@ -134,6 +142,7 @@ class SegmentPlan:
     min_size: int
     grow: int
     block_request: tuple[int, int] | None = None
+    overlap: bool = False
 
     @property
     def three_class(self) -> bool:
@@ -207,7 +216,7 @@ def plan_segmentation(
     grid = BlockGrid.make(plan_tiles(model, layout.plane_shape, tiles), layout.plane_shape,
                           block_shape, min_side=grow_halo(grow, classes), min_tiles=batch)
     return SegmentPlan(layout, dev, batch, grid, classes, options.threshold, options.min_size,
-                       grow, block_shape)
+                       grow, block_shape, overlap=dev.type != "cpu")
 
 
 @dataclass
@@ -303,6 +312,42 @@ def _strips(local: np.ndarray, width: int) -> dict[str, np.ndarray]:
     }
 
 
+def _iter_predict_block(
+    model: UNet,
+    image: Any,
+    plan: SegmentPlan,
+    key: _KEY,
+    stats: list[tuple[float, float]],
+    device: torch.device,
+) -> Generator[int, None, np.ndarray]:
+    """Pass 1a for one block: its probabilities; yields tiles done."""
+    plane, i, j = key
+    grid = plan.grid
+    r0, r1, c0, c1 = grid.bounds(i, j)
+    origins = grid.origins(i, j)
+    reader = WindowReader.for_tiles(plan.layout, image, plane, grid.plan, origins,
+                                    model.in_channels)
+    probs = np.empty((model.n_classes, r1 - r0, c1 - c0), np.float32)
+    yield from predict_region(
+        model, reader, grid.plan, origins, (r0, c0), stats, plan.batch, device, probs
+    )
+    return probs
+
+
+def _label_block(
+    plan: SegmentPlan, key: _KEY, probs: np.ndarray, out: Any, probabilities_out: Any
+) -> BlockSummary:
+    """Pass 1b for one block: label locally, write local ids (and probabilities)."""
+    plane, i, j = key
+    r0, r1, c0, c1 = plan.grid.bounds(i, j)
+    if probabilities_out is not None:
+        probabilities_out[(slice(None), *plan.index(plane, r0, r1, c0, c1))] = probs
+    local, sizes, first = _local_components(probs, plan, r0, c0, plan.grid.plane_shape[1])
+    del probs
+    out[plan.index(plane, r0, r1, c0, c1)] = local
+    return BlockSummary(key, (r0, r1, c0, c1), sizes, first, _strips(local, plan.strip))
+
+
 def _iter_label_block(
     model: UNet,
     image: Any,
@@ -314,23 +359,8 @@ def _iter_label_block(
     probabilities_out: Any,
 ) -> Generator[int, None, BlockSummary]:
     """Pass 1 for one block: predict, label locally, write local ids; yields tiles done."""
-    plane, i, j = key
-    grid = plan.grid
-    r0, r1, c0, c1 = grid.bounds(i, j)
-    origins = grid.origins(i, j)
-    reader = WindowReader.for_tiles(plan.layout, image, plane, grid.plan, origins,
-                                    model.in_channels)
-    probs = np.empty((model.n_classes, r1 - r0, c1 - c0), np.float32)
-    yield from predict_region(
-        model, reader, grid.plan, origins, (r0, c0), stats, plan.batch, device, probs
-    )
-    del reader
-    if probabilities_out is not None:
-        probabilities_out[(slice(None), *plan.index(plane, r0, r1, c0, c1))] = probs
-    local, sizes, first = _local_components(probs, plan, r0, c0, grid.plane_shape[1])
-    del probs
-    out[plan.index(plane, r0, r1, c0, c1)] = local
-    return BlockSummary(key, (r0, r1, c0, c1), sizes, first, _strips(local, plan.strip))
+    probs = yield from _iter_predict_block(model, image, plan, key, stats, device)
+    return _label_block(plan, key, probs, out, probabilities_out)
 
 
 # ------------------------------------------------------------------ pass 2: merge
@@ -685,6 +715,14 @@ class _Replan(Exception):
 def _run_local(
     model: UNet, image: Any, plan: SegmentPlan, stats: list, out: Any, probs_out: Any,
 ) -> Generator[SegmentProgress, None, _Numbering]:
+    """Pass 1 to 3 in this process.
+
+    With ``plan.overlap`` (a GPU, whose host is idle while the network runs),
+    decoding overlaps the network: a block is labelled in a second thread while
+    the next block is predicted (at most two blocks' probabilities are held), and
+    the blocks are grown in a few threads when their writes cannot collide.
+    Otherwise one thing runs at a time. The result is the same either way.
+    """
     was_training = model.training
     model_device = next(model.parameters()).device
     dev = plan.device
@@ -692,6 +730,8 @@ def _run_local(
     layout = plan.layout
     backoff = Backoff(plan.batch, plan.grid.plan.in_shape,
                       partial(smaller_tile, model, layout.plane_shape))
+    overlap = plan.overlap
+    labeller = ThreadPoolExecutor(1, thread_name_prefix="napari-unet-label") if overlap else None
     try:
         while True:
             keys = plan.keys()
@@ -699,18 +739,18 @@ def _run_local(
             done = 0
             yield SegmentProgress(0, total, "predict")
             summaries: dict[_KEY, BlockSummary] = {}
+            pending: tuple[_KEY, Future] | None = None
             try:
                 for key in keys:
                     while True:
-                        block = _iter_label_block(model, image, plan, key, stats[key[0]], dev,
-                                                  out, probs_out)
+                        block = _iter_predict_block(model, image, plan, key, stats[key[0]], dev)
                         start = done
                         try:
                             while True:
                                 try:
                                     n = next(block)
                                 except StopIteration as stop:
-                                    summaries[key] = stop.value
+                                    probs = stop.value
                                     break
                                 done += n
                                 yield SegmentProgress(done, total, "predict")
@@ -725,7 +765,19 @@ def _run_local(
                             done = start
                             warnings.warn(f"GPU out of memory; going on with {what}",
                                           ResourceWarning, stacklevel=3)
+                    if labeller is None:
+                        summaries[key] = _label_block(plan, key, probs, out, probs_out)
+                    else:
+                        if pending is not None:
+                            summaries[pending[0]] = pending[1].result()
+                        pending = (key, labeller.submit(_label_block, plan, key, probs, out,
+                                                        probs_out))
+                    del probs
+                if pending is not None:
+                    summaries[pending[0]] = pending[1].result()
             except _Replan:
+                if pending is not None:  # let it finish before the blocks are written anew
+                    futures_wait([pending[1]])
                 tiles = plan_tiles(model, layout.plane_shape, backoff.shape)
                 grid = BlockGrid.make(tiles, layout.plane_shape, plan.block_request,
                                       min_side=plan.halo, min_tiles=plan.batch)
@@ -736,16 +788,33 @@ def _run_local(
                 continue
             break
     finally:
+        if labeller is not None:  # a stopped or failed run: wait for the block in hand
+            labeller.shutdown(wait=True, cancel_futures=True)
         model.to(model_device)
         model.train(was_training)
     yield SegmentProgress(done, total, "merge")
     numbering = _merge(summaries, layout.plane_shape, plan.min_size)
-    for key in keys:
-        pieces = _halo_pieces(plan, key, summaries, numbering)
-        _grow_block(plan, key, out, numbering.block_map(summaries[key]), pieces)
-        done += 1
-        yield SegmentProgress(done, total, "label")
+    jobs = ((plan, key, out, numbering.block_map(summaries[key]),
+             _halo_pieces(plan, key, summaries, numbering)) for key in keys)
+    if overlap and len(keys) > 1 and _aligned(out, plan.grid, plan.has_planes):
+        growers = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                     thread_name_prefix="napari-unet-grow")
+        try:
+            for _ in growers.map(_grow_job, jobs):
+                done += 1
+                yield SegmentProgress(done, total, "label")
+        finally:
+            growers.shutdown(wait=True, cancel_futures=True)
+    else:
+        for job in jobs:
+            _grow_job(job)
+            done += 1
+            yield SegmentProgress(done, total, "label")
     return numbering
+
+
+def _grow_job(job: tuple) -> None:
+    _grow_block(*job)
 
 
 def _run_distributed(
