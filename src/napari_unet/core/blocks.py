@@ -66,7 +66,7 @@ from .decode import (
     seeds_and_region,
 )
 from .memory import Backoff, is_out_of_memory
-from .model import UNet
+from .model import UNet, place_model
 from .options import SegmentOptions, SegmentProgress
 from .tiling import (
     BlockGrid,
@@ -583,7 +583,7 @@ def _worker_label_block(
     worker_setup()
     net = model.value
     dev = resolve_device(device)
-    net.eval().to(dev)
+    place_model(net.eval(), dev)
     with dask.config.set(scheduler="synchronous"):  # read the window in this task's thread
         return run_to_completion(
             _iter_label_block(net, image.value, plan, key, stats, dev, out, probabilities_out)
@@ -726,7 +726,7 @@ def _run_local(
     was_training = model.training
     model_device = next(model.parameters()).device
     dev = plan.device
-    model.eval().to(dev)
+    place_model(model.eval(), dev)
     layout = plan.layout
     backoff = Backoff(plan.batch, plan.grid.plan.in_shape,
                       partial(smaller_tile, model, layout.plane_shape))

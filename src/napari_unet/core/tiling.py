@@ -33,7 +33,7 @@ import torch
 
 from ._utils import resolve_device, run_to_completion
 from .memory import Backoff, is_out_of_memory
-from .model import UNet
+from .model import UNet, place_model
 from .normalize import Normalization
 
 __all__ = [
@@ -719,7 +719,7 @@ def iter_predict_tiled(
     was_training = model.training
     model.eval()
     model_device = next(model.parameters()).device
-    model.to(dev)
+    place_model(model, dev)
     try:
         plan = plan_tiles(model, plane_shape, tiles)
         grid = BlockGrid.make(plan, plane_shape, block_shape, min_tiles=batch)

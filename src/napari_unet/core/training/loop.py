@@ -23,7 +23,7 @@ import torch
 from .._utils import resolve_device
 from ..checkpoints import save_model
 from ..memory import Backoff, OutOfDeviceMemory, is_out_of_memory
-from ..model import UNet, copy_model
+from ..model import UNet, copy_model, place_model
 from ..outputs import exclusive_lock
 from . import config as cfg_module
 from .checkpoint import (
@@ -130,7 +130,7 @@ class Trainer:
                             message="preparing the training data")
         tset = self.prepare()
         batches, windows = tset.batches, tset.windows
-        model = self.model.to(dev).train()
+        model = place_model(self.model, dev).train()
         amp = precision(dev)
         patch, batch = patch_and_batch(model, self.plane_shapes, c, dev, amp)
         opt = make_optimizer(model, c, dev)
