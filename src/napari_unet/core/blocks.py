@@ -348,21 +348,6 @@ def _label_block(
     return BlockSummary(key, (r0, r1, c0, c1), sizes, first, _strips(local, plan.strip))
 
 
-def _iter_label_block(
-    model: UNet,
-    image: Any,
-    plan: SegmentPlan,
-    key: _KEY,
-    stats: list[tuple[float, float]],
-    device: torch.device,
-    out: Any,
-    probabilities_out: Any,
-) -> Generator[int, None, BlockSummary]:
-    """Pass 1 for one block: predict, label locally, write local ids; yields tiles done."""
-    probs = yield from _iter_predict_block(model, image, plan, key, stats, device)
-    return _label_block(plan, key, probs, out, probabilities_out)
-
-
 # ------------------------------------------------------------------ pass 2: merge
 @dataclass
 class _Numbering:
@@ -585,9 +570,8 @@ def _worker_label_block(
     dev = resolve_device(device)
     place_model(net.eval(), dev)
     with dask.config.set(scheduler="synchronous"):  # read the window in this task's thread
-        return run_to_completion(
-            _iter_label_block(net, image.value, plan, key, stats, dev, out, probabilities_out)
-        )
+        probs = run_to_completion(_iter_predict_block(net, image.value, plan, key, stats, dev))
+    return _label_block(plan, key, probs, out, probabilities_out)
 
 
 def _worker_grow_block(
