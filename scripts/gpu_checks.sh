@@ -6,7 +6,7 @@
 #   bash scripts/gpu_checks.sh checks     # CUDA tests, a pretraining smoke run, benchmarks (~5 min)
 #   bash scripts/gpu_checks.sh pretrain STEPS SECONDS   # compare the target modes, ~5 min
 #   bash scripts/gpu_checks.sh segment-pretrain SECONDS  # segment speed against a baseline,
-#        the CUDA tests, then two pretraining runs side by side (~2.5 min + SECONDS + 1.5 min)
+#        a profile, the CUDA tests, then one pretraining run (~4 min + SECONDS + 1.5 min)
 #
 # Prepare here first (ignored by git, carried to the machine):
 #   .gpu/vendor    pytest and its dependencies, unpacked wheels (the machine has no pytest)
@@ -55,31 +55,24 @@ pretrain)
         --evaluate-only --eval-images 6 --device cuda "${REAL[@]}" --json "$OUT/compare.json"
     ;;
 segment-pretrain)
+    # at most 8 files come back from $OUT: keep to 7
     seconds=${2:?seconds}
-    nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-    $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/torch.txt"
+    { nvidia-smi; $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"; } \
+        >>"$OUT/log.txt" 2>&1
     stage bench_segment 150 $PY benchmarks/bench_segment.py --device cuda --sizes 4096 \
         --repeats 1 --segment-repeats 3 --no-reference --baseline .gpu/seg_base \
-        --variants 1:1x1 2:1x2 3:1x3 2:2x2
-    stage profile_auto 60 $PY benchmarks/profile_segment.py --device cuda --size 4096
-    stage profile_1x1 60 $PY benchmarks/profile_segment.py --device cuda --size 4096 \
-        --batch-size 1 --tiles-per-block 1
+        --variants auto:1x1 9:3x3
+    stage profile 60 $PY benchmarks/profile_segment.py --device cuda --size 4096
     stage test_cuda 170 $PY -m pytest -p no:cacheprovider -q tests/test_cuda.py
-    # two recipes at once (one small U-Net leaves most of an H100 idle): a longer run from
-    # scratch with a wider zoom range, and a second stage on a fresh pool from default.pt
-    common=(--steps 20000 --max-time "$seconds" --packed 0.5 --patch 256 --batch 16
-            --rotation 45 --validate-every 1000 --threads 7 --device cuda --eval-images 6)
-    mkdir -p "$OUT/long" "$OUT/stage2"
-    stage pretrain_long $((seconds + 150)) $PY scripts/pretrain.py train -o "$OUT/long/model.pt" \
-        "${common[@]}" --images 600 --scale 0.6 1.5 --lr 0.003 --seed 2017 \
-        --checkpoint-dir /tmp/ckpt-long &
-    stage pretrain_stage2 $((seconds + 150)) $PY scripts/pretrain.py train \
-        -o "$OUT/stage2/model.pt" "${common[@]}" --images 600 --scale 0.7 1.4 --lr 0.001 \
-        --seed 2018 --start src/napari_unet/models/default.pt --checkpoint-dir /tmp/ckpt-stage2
-    wait
+    # one run at a time: two pretraining processes sharing the GPU each ran at about a
+    # quarter of one's speed (H100, this project's session 21)
+    stage pretrain $((seconds + 150)) $PY scripts/pretrain.py train -o "$OUT/model.pt" \
+        --steps 20000 --max-time "$seconds" --packed 0.5 --patch 256 --batch 16 --rotation 45 \
+        --validate-every 1000 --threads 8 --device cuda --eval-images 6 --images 600 \
+        --scale 0.7 1.4 --lr 0.003 --seed 2017 --checkpoint-dir /tmp/ckpt-pretrain
     ;;
 *)
-    echo "usage: $0 checks | pretrain STEPS SECONDS" >&2
+    echo "usage: $0 checks | pretrain STEPS SECONDS | segment-pretrain SECONDS" >&2
     exit 2
     ;;
 esac
