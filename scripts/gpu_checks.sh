@@ -64,8 +64,8 @@ segment-pretrain)
         --variants auto:1x1 9:3x3
     stage profile 60 $PY benchmarks/profile_segment.py --device cuda --size 4096
     stage test_cuda 170 $PY -m pytest -p no:cacheprovider -q tests/test_cuda.py
-    # one run at a time: two pretraining processes sharing the GPU each ran at about a
-    # quarter of one's speed (H100, this project's session 21)
+    # one run at a time: two runs sharing an H100 made 5-6 steps/s each, where the run that
+    # made default.pt alone on an H200 made 20 (not diagnosed further)
     stage pretrain $((seconds + 150)) $PY scripts/pretrain.py train -o "$OUT/model.pt" \
         --steps 20000 --max-time "$seconds" --packed 0.5 --patch 256 --batch 16 --rotation 45 \
         --validate-every 1000 --threads 8 --device cuda --eval-images 6 --images 600 \
