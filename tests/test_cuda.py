@@ -28,6 +28,8 @@ def test_cuda_matches_cpu_and_batches_tiles(rng):
     gpu = predict_tiled(model, image, tile_shape=300, batch_size=4, device="cuda")
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
     assert next(model.parameters()).device.type == "cpu", "the model is left where it was"
+    # channels-last weights are the CPU's layout only; the GPU ran with the usual one
+    assert model.down[0][0].weight.is_contiguous()
 
 
 def test_auto_tiles_use_gpu_memory(rng):
