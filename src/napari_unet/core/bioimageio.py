@@ -41,8 +41,8 @@ from .checkpoints import (
     FORMAT_VERSION,
     ModelFileError,
     check_finite,
-    place_model,
     read_model,
+    ready_model,
     stored_metadata,
 )
 from .model import UNet, cell_probability, declared_parameters, model_from_dict
@@ -104,7 +104,7 @@ def read_model_or_package(path: str | os.PathLike | UNet = "default",
     :func:`napari_unet.core.loading.load_model`."""
     if not isinstance(path, UNet) and str(path) != "default" and is_bioimageio_package(
             Path(path)):  # a .zip (or folder) from export_bioimageio
-        return place_model(read_bioimageio_package(path), device)
+        return ready_model(read_bioimageio_package(path), device)
     return read_model(path, device)
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from .model import MAX_PARAMETERS, UNet, model_from_dict, model_to_dict, non_finite_weights
+from .model import (
+    MAX_PARAMETERS,
+    UNet,
+    model_from_dict,
+    model_to_dict,
+    non_finite_weights,
+    place_model,
+)
 from .outputs import open_atomic
 
 __all__ = [
@@ -25,7 +32,7 @@ __all__ = [
     "jsonable",
     "stored_metadata",
     "read_model",
-    "place_model",
+    "ready_model",
     "zip_but_not_torch",
     "packaged_model_path",
     "FORMAT_NAME",
@@ -208,7 +215,7 @@ def read_model(path: str | os.PathLike | UNet = "default", device: str | None = 
         ) from None
     check_finite(model, path)
     model.metadata["path"] = str(path)
-    return place_model(model, device)
+    return ready_model(model, device)
 
 
 def check_finite(model: UNet, path: Any) -> None:
@@ -270,13 +277,14 @@ def torch_load_reason(path: Path, err: BaseException) -> str:
     return f": {reason.split('. ')[0][:200]}"
 
 
-def place_model(model: UNet, device: str | None) -> UNet:
-    """The model in evaluation mode, on ``device`` when one is given."""
+def ready_model(model: UNet, device: str | None) -> UNet:
+    """A model just read, in evaluation mode, and on ``device`` when one is given (with
+    that device's weight layout: :func:`~napari_unet.core.model.place_model`)."""
     model.eval()
     if device is not None:
         from ._utils import resolve_device
 
-        model.to(resolve_device(device))
+        place_model(model, resolve_device(device))
     return model
 
 
