@@ -142,11 +142,11 @@ def child(size: int, repeats: int, reference: bool, device: str, segment_repeats
         sync()
         network.append(timed(lambda: predict_tiled(model, image, device=device))[0])
     variants = []
-    for batch, per_block in variant_specs:
-        from napari_unet.core.options import SegmentOptions
+    from napari_unet.core.options import SegmentOptions
 
-        opts = SegmentOptions(device=device, batch_size=batch)
-        step = blocks.plan_segmentation(image, model, opts).grid.plan.step
+    # the tiles (and so their step) follow the memory, not the batch: one plan gives them
+    step = blocks.plan_segmentation(image, model, SegmentOptions(device=device)).grid.plan.step
+    for batch, per_block in variant_specs:
         kw = {"batch_size": batch}
         if per_block is not None:
             kw["block_shape"] = (per_block[0] * step[0], per_block[1] * step[1])
