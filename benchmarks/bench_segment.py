@@ -7,10 +7,12 @@ Prints, measured in one run, for each image size (default 2048² and 8192²):
 * ``probabilities_to_labels`` of this tree, and the decoding napari-unet had up to e43b0d5
   (``tests/decode_reference.py``: ``expand_labels`` + disk min/max filters), on the same
   probabilities, each as a ratio to the EDT measured next to it (median of the repeats), and
-  whether their labels are identical;
+  whether their labels are identical (the old decoding against this tree's without the
+  cutting of merged nuclei, ``split=0``); what the cutting adds, and how many cells it makes;
 * ``segment`` of the image end to end (packaged model, CPU) and decoding's share of it: the
-  time spent in the block engine's labelling, merging and growing (``_local_components``,
-  ``_merge``, ``_halo_pieces``, ``_grow_block``), which are timed in place.
+  time spent in the block engine's labelling, merging, growing and cutting
+  (``_local_components``, ``_merge``, ``_halo_pieces``, ``_grow_block``,
+  ``_find_block_splits``, ``_apply_block_splits``), which are timed in place.
 
 ``--device cuda`` runs ``segment`` on a GPU (decoding stays on the CPU, overlapping the
 network): its Mpx/s and decoding's share are the figures to compare with the network's time
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -102,8 +105,11 @@ def child(size: int, repeats: int, reference: bool, device: str, segment_repeats
     # decoding's share of segment: time the block engine's decoding steps in place (summed
     # over threads: where decoding overlaps the network, this is more than it adds)
     spent = [0.0]
-    for name in ("_local_components", "_merge", "_halo_pieces", "_grow_block"):
-        original = getattr(blocks, name)
+    for name in ("_local_components", "_merge", "_halo_pieces", "_grow_block",
+                 "_find_block_splits", "_apply_block_splits"):
+        original = getattr(blocks, name, None)
+        if original is None:  # a baseline from before cutting merged nuclei
+            continue
 
         def wrapper(*args, _f=original, **kwargs):
             t = time.perf_counter()
@@ -169,13 +175,19 @@ def child(size: int, repeats: int, reference: bool, device: str, segment_repeats
             return reference_probabilities_to_labels(probs, model.classes, min_size=16,
                                                      grow=grow)
     foreground = probs[list(model.classes).index("cell")] >= 0.5
-    rows: dict[str, list[float]] = {"edt": [], "decode": [], "old": []}
-    new_labels = old_labels = None
+    rows: dict[str, list[float]] = {"edt": [], "decode": [], "old": [], "nosplit": []}
+    new_labels = old_labels = uncut_labels = None
+    # since the cutting of merged nuclei, the decoding is the old one followed by the cut
+    cuts = "split" in inspect.signature(probabilities_to_labels).parameters
     for _ in range(repeats):  # interleaved, so that load changes hit all alike
         rows["edt"].append(timed(lambda: ndi.distance_transform_edt(foreground))[0])
         seconds, new_labels = timed(lambda: probabilities_to_labels(
             probs, model.classes, min_size=16, grow=grow))
         rows["decode"].append(seconds)
+        if cuts:
+            seconds, uncut_labels = timed(lambda: probabilities_to_labels(
+                probs, model.classes, min_size=16, grow=grow, split=0))
+            rows["nosplit"].append(seconds)
         if old is not None:
             seconds, old_labels = timed(old)
             rows["old"].append(seconds)
@@ -186,8 +198,10 @@ def child(size: int, repeats: int, reference: bool, device: str, segment_repeats
         "segment_first": seg_first, "segment_runs": seg_runs, "network": network,
         "variants": variants, "rerun_differs": rerun_differs,
         "edt": rows["edt"], "decode": rows["decode"], "old": rows["old"],
+        "nosplit": rows["nosplit"], "n_uncut": int(uncut_labels.max()) if cuts else None,
         "labels": digest(new_labels), "old_labels": digest(old_labels) if old_labels is not None
-        else "", "segment_labels": digest(labels),
+        else "", "uncut_labels": digest(uncut_labels) if cuts else digest(new_labels),
+        "segment_labels": digest(labels),
         "segment_equals_decode": bool((labels == new_labels).all()),
     }
 
@@ -287,13 +301,21 @@ def main() -> None:
                   f"{median_ratio(r['decode'], r['edt']):>6.2f} {r['segment']:>10.1f} "
                   f"{r['size'] ** 2 / r['segment'] / 1e6:>6.2f} "
                   f"{r['decode_in_segment']:>16.2f} {share:>6.1%}  {r['labels']}")
+            if r.get("nosplit"):
+                cut = np.median(r["decode"]) - np.median(r["nosplit"])
+                ratio = median_ratio(r["nosplit"], r["edt"])
+                print(f"{r['size']:>6} {'  without cutting nuclei':<26} {edt:>7.3f} "
+                      f"{np.median(r['nosplit']):>9.3f} {ratio:>6.2f}"
+                      f" {'':>10} {'':>6} {'':>16} {'':>6}  {r['uncut_labels']}")
+                print(f"{'':>6} {'  cutting merged nuclei':<26} {'':>7} {cut:>9.3f} "
+                      f"{cut / edt:>6.2f}   {r['n_uncut']} -> {r['n_cells']} cells")
             if r["old"]:
-                same = "identical" if r["old_labels"] == r["labels"] else "DIFFERENT"
+                same = "identical" if r["old_labels"] == r["uncut_labels"] else "DIFFERENT"
                 print(f"{r['size']:>6} {'old decoding (reference)':<26} {edt:>7.3f} "
                       f"{np.median(r['old']):>9.3f} {median_ratio(r['old'], r['edt']):>6.2f} "
                       f"{'':>10} {'':>6} {'':>16} {'':>6}  {r['old_labels']} ({same})")
-                print(f"{'':>6} {'old / new decoding':<26} {'':>7} "
-                      f"{median_ratio(r['old'], r['decode']):>9.1f}x faster now")
+                print(f"{'':>6} {'old / new (uncut) decoding':<26} {'':>7} "
+                      f"{median_ratio(r['old'], r['nosplit'] or r['decode']):>9.1f}x faster now")
             if not r["segment_equals_decode"]:
                 print(f"{'':>6} segment's labels DIFFER from probabilities_to_labels'")
         if args.segment_repeats:

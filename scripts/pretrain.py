@@ -58,6 +58,7 @@ from napari_unet import (
 from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.cellsize import median_cell_diameter
 from napari_unet.core.decode import grow_cells
+from napari_unet.core.split import SPLIT_DEPTH
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
 
@@ -270,11 +271,10 @@ def heldout_stats(labels: list[np.ndarray]) -> dict[str, float]:
 #: components of the cell class grown back over the carved gaps, or, for three classes,
 #: interior components grown into the boundary class. ``"watershed"`` (three classes only)
 #: is :func:`seeded_watershed`. ``"hysteresis"`` (two classes) is :func:`hysteresis_cells`.
-#: ``"split"`` is ``"grow"`` followed by :func:`split_cells`.
-DECODERS = ("grow", "watershed", "hysteresis", "split")
-#: Depth a second distance peak needs, as a share of the cell's largest distance, for the
-#: ``"split"`` decoder to cut the cell (``evaluate --split-fraction``).
-SPLIT_FRACTION = 0.35
+#: ``"grow"`` includes segment's cutting of merged nuclei (:mod:`napari_unet.core.split`)
+#: at depth :data:`SPLIT` (``evaluate --split``; 0: components and growing only).
+DECODERS = ("grow", "watershed", "hysteresis")
+SPLIT = SPLIT_DEPTH
 #: Seed probability of the ``"hysteresis"`` decoder (``evaluate --seed-threshold``).
 HYSTERESIS_SEED = 0.9
 #: Cell probability threshold of the ``"grow"`` decoder (segment's default; ``evaluate
@@ -346,54 +346,18 @@ def hysteresis_cells(probabilities: np.ndarray, classes: tuple[str, ...], *,
     return drop_small(labels, min_size)
 
 
-def split_cells(labels: np.ndarray, fraction: float = SPLIT_FRACTION, min_depth: float = 2.0,
-                min_size: int = 16) -> np.ndarray:
-    """Cut cells that hold two or more nuclei apart (a prototype, not segment's rule).
-
-    The distance transform of each cell's interior (its pixels less its rim), smoothed
-    (sigma 1), has one peak per round nucleus. A cell is cut by a watershed from its
-    peaks that stand at least ``max(min_depth, fraction * its largest distance)`` above
-    the saddle to a higher one: scaled to the cell, so that a large, irregular nucleus
-    is not cut at its bumps while two small touching ones are. Parts under ``min_size``
-    pixels are dropped. Returns int32 labels numbered from 1.
-    """
-    from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import find_boundaries, watershed
-
-    labels = np.asarray(labels)
-    inner = (labels > 0) & ~find_boundaries(labels, mode="inner")
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(inner), 1.0)
-    out = np.zeros(labels.shape, np.int32)
-    n = 0
-    for cell, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        mine = labels[box] == cell
-        d = np.where(mine, dist[box], 0.0)
-        markers, k = ndi.label(h_maxima(d, max(min_depth, fraction * float(d.max()))) & mine)
-        parts = watershed(-d, markers, mask=mine) if k > 1 else mine.astype(np.int32)
-        for part in range(1, max(k, 1) + 1):
-            where = parts == part
-            if where.sum() >= min_size:
-                n += 1
-                out[box][where] = n
-    return out
-
-
 def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.ndarray:
     """Labels of one plane's probabilities with one of :data:`DECODERS` (segment's defaults:
-    threshold 0.5, smallest cell 16 px, grow by the training gap plus one)."""
+    threshold 0.5, smallest cell 16 px, grow by the training gap plus one, cut merged nuclei
+    at depth :data:`SPLIT`)."""
     if decoder == "grow":
         grow = int(model.metadata.get("target", {}).get("gap", 1)) + 1
         return probabilities_to_labels(probabilities, model.classes, threshold=GROW_THRESHOLD,
-                                       min_size=16, grow=grow)
+                                       min_size=16, grow=grow, split=SPLIT)
     if decoder == "watershed":
         return seeded_watershed(probabilities, model.classes, threshold=0.5, min_size=16)
     if decoder == "hysteresis":
         return hysteresis_cells(probabilities, model.classes, seed_threshold=HYSTERESIS_SEED)
-    if decoder == "split":
-        return split_cells(decode(probabilities, model, "grow"), SPLIT_FRACTION)
     raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
 
 
@@ -607,10 +571,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    global HYSTERESIS_SEED, GROW_THRESHOLD, SPLIT_FRACTION
+    global HYSTERESIS_SEED, GROW_THRESHOLD, SPLIT
     _set_threads(a)
     HYSTERESIS_SEED, GROW_THRESHOLD = a.seed_threshold, a.threshold
-    SPLIT_FRACTION = a.split_fraction
+    SPLIT = a.split
     model = load_model(a.model)
     t = time.perf_counter()
     res = evaluate(model, n=a.images, seed=a.seed, decoder=a.decoder)
@@ -806,9 +770,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="cell probability threshold of the grow decoder (segment's default)")
     e.add_argument("--seed-threshold", type=float, default=HYSTERESIS_SEED,
                    help="seed probability of the hysteresis decoder")
-    e.add_argument("--split-fraction", type=float, default=SPLIT_FRACTION,
-                   help="the split decoder's peak depth, as a share of each cell's largest "
-                   "distance to its rim")
+    e.add_argument("--split", type=float, default=SPLIT_DEPTH,
+                   help="segment's cutting of merged nuclei in the grow decoder: the depth of "
+                   "a second centre, as a share of the cell's largest distance to its rim "
+                   "(0: no cutting, the decoding before it)")
     e.add_argument("--real", nargs="*", default=[], metavar="PATH",
                    help="pairs of real annotated images (image labels ...): F1 reported too")
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -50,6 +50,23 @@ def test_blocks_on_the_cluster_equal_the_local_result(client, net, tmp_path):
     assert client.run(lambda: 1) and len(client.scheduler_info()["workers"]) == 2
 
 
+def test_merged_nuclei_are_cut_on_the_cluster_as_locally(client, net, tmp_path):
+    """Peanuts (two touching discs, one blob of probability) across block borders and
+    corners: the workers find and write the cuts (pass 4) as one process does."""
+    rows, cols = np.mgrid[:150, :170]
+    image = np.zeros((150, 170), np.float32)
+    for r, c in ((40, 34), (80, 76), (33, 120), (118, 40), (120, 115)):  # near block corners
+        for dc in (-6, 6):
+            image[(rows - r) ** 2 + (cols - c - dc) ** 2 <= 64] = 1.0
+    local = segment(image, net, tile_shape=80, block_shape=40, min_size=16, grow=2)
+    assert local.max() == 10  # every peanut was cut in two
+    uncut = segment(image, net, tile_shape=80, block_shape=40, min_size=16, grow=2, split=0)
+    assert uncut.max() == 5
+    on_cluster = segment(image, net, tile_shape=80, block_shape=40, min_size=16, grow=2,
+                         out=tmp_path / "cut.zarr", client=client)
+    np.testing.assert_array_equal(on_cluster[...], local)
+
+
 def test_three_class_stack_on_the_cluster(client):
     net = passthrough_unet(three_class=True)
     truth, _, _ = border_cells(net, (110, 120), 80, 40)

@@ -193,10 +193,14 @@ def test_progress_phases_and_cancel(rng):
     grid = BlockGrid.make(plan_tiles(net, image.shape, (48, 48)), image.shape, 40)
     records = list(iter_segment(image, net, tile_shape=48, block_shape=40))
     assert all(isinstance(r, SegmentProgress) for r in records)
-    assert records[-1].done == records[-1].total == grid.plan.total + grid.total
+    # a block is labelled once, then looked at twice for merged nuclei to cut
+    assert records[-1].done == records[-1].total == grid.plan.total + 3 * grid.total
     dones = [r.done for r in records]
     assert dones == sorted(dones)
     assert [r.phase for r in records if r.phase != "predict"][0] == "merge"
+    assert records[-1].phase == "split"
+    records = list(iter_segment(image, net, tile_shape=48, block_shape=40, split=0))
+    assert records[-1].done == records[-1].total == grid.plan.total + grid.total
     assert records[-1].phase == "label"
     # closing the generator stops between two batches of tiles
     gen = iter_segment_blocks(image, net, tile_shape=48, block_shape=40)
@@ -247,3 +251,50 @@ def test_predict_tiled_writes_out_block_by_block(rng):
     assert CountingOut.writes == grid.total < grid.plan.total
     np.testing.assert_allclose(np.asarray(out), predict_tiled(net, image, tile_shape=48),
                                atol=1e-6)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("max_side", [40, None])
+def test_merged_nuclei_cut_across_block_borders_as_in_one_piece(tmp_path, max_side,
+                                                                monkeypatch):
+    """The packaged model on packed nuclei: cells cut apart (pass 4) near and across block
+    borders and corners give the labels of one piece, ids included, into numpy or zarr,
+    one thing at a time or overlapped, in a stack. A small largest side to cut makes the
+    windows of pass 4 far smaller than the image, with many cells too large."""
+    import dataclasses
+
+    from napari_unet import load_model
+    from napari_unet.core import split
+
+    if max_side is not None:
+        monkeypatch.setattr(split, "MAX_SIDE", max_side)
+    from napari_unet.core.blocks import plan_segmentation
+    from napari_unet.core.options import SegmentOptions
+    from napari_unet.core.split import find_splits
+    from napari_unet.core.synthetic import make_sample
+
+    model = load_model("default")
+    image = np.stack([make_sample("nuclei", (200, 230), seed=s, layout="clustered",
+                                  touching=0.5, density=0.5)[0] for s in (21, 22)])
+    tile = 252  # 68 output pixels: blocks of one or two tiles
+    probs = predict_tiled(model, image, tile_shape=tile)
+    whole = probabilities_to_labels(probs, model.classes, min_size=16, grow=2)
+    uncut = probabilities_to_labels(probs, model.classes, min_size=16, grow=2, split=0)
+    assert whole.max() > uncut.max()  # merged nuclei were cut
+    cut_boxes = [s.bounds for z in range(2) for s in find_splits(uncut[z])]
+    assert any(r0 // 68 != (r1 - 1) // 68 or c0 // 68 != (c1 - 1) // 68
+               for r0, r1, c0, c1 in cut_boxes)  # some cut cells lie across block borders
+    for block in ((68, 68), (136, 68)):
+        labels = segment(image, model, tile_shape=tile, block_shape=block)
+        np.testing.assert_array_equal(labels, whole, err_msg=f"blocks of {block}")
+    options = SegmentOptions(tile_shape=tile, block_shape=68)
+    fast = dataclasses.replace(plan_segmentation(image, model, options), overlap=True)
+    gen = iter_segment_blocks(image, model, options, plan=fast, out=tmp_path / "l.zarr")
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    np.testing.assert_array_equal(np.asarray(result.labels[...]), whole)
+    assert result.n_cells == whole.max()

@@ -29,8 +29,11 @@ def test_help_from_console_script():
     assert "segment" in out.stdout and "usage: napari-unet" in out.stdout
     out = subprocess.run([str(SCRIPT), "segment", "--help"], capture_output=True, text=True,
                          check=True)
-    for flag in ("--model", "--tile", "--device", "--overwrite", "-o"):
+    for flag in ("--model", "--tile", "--device", "--overwrite", "-o", "--split"):
         assert flag in out.stdout
+    from napari_unet.core.split import SPLIT_DEPTH
+
+    assert f"default {SPLIT_DEPTH}" in " ".join(out.stdout.split())  # the help tells the truth
 
 
 def test_segment_end_to_end(tmp_path, image_file, model_file, capsys):
@@ -83,7 +86,8 @@ def test_bad_settings_are_one_line_and_nothing_is_written(tmp_path, image_file, 
     for flags, words in [(["--threshold", "1.5"], "threshold must be a probability"),
                          (["--grow", "-1"], "grow must be 0 or more"),
                          (["--min-size", "-3"], "min_size must be 0 or more"),
-                         (["--block", "0"], "block_shape must be 1 or more")]:
+                         (["--block", "0"], "block_shape must be 1 or more"),
+                         (["--split", "1.5"], "split must be 0 (off) or a depth")]:
         err = run_failing(["segment", str(image_file), "-o", str(out), "--model",
                            str(model_file), *flags], capsys)
         assert words in err, err

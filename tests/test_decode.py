@@ -165,7 +165,7 @@ def test_probabilities_to_labels_equals_the_old_decoding(three_class):
                                              ((33, 97), 0.55, 1, 1), ((80, 80), 0.5, 30, 4)]:
         probs = network_like_probabilities(rng, shape, three_class, shape[0] * shape[1] // 150)
         new = probabilities_to_labels(probs, classes, threshold=threshold, min_size=min_size,
-                                      grow=grow)
+                                      grow=grow, split=0)  # the old decoding did not cut
         old = reference_probabilities_to_labels(probs, classes, threshold=threshold,
                                                 min_size=min_size, grow=grow)
         assert old.max() > 10 and (old != 0).mean() > 0.3
@@ -214,10 +214,11 @@ def test_ties_on_block_borders_and_corners_equal_one_piece_and_the_old_decoding(
     image = as_image(truth, three_class)
     probs = predict_tiled(net, image, tile_shape=tile)
     old = reference_probabilities_to_labels(probs, net.classes, min_size=16, grow=2)
-    np.testing.assert_array_equal(probabilities_to_labels(probs, net.classes, min_size=16,
+    np.testing.assert_array_equal(probabilities_to_labels(probs, net.classes, min_size=16, split=0,
                                                           grow=2), old)
     for block in (grid.block_shape, (20, 60), 1):
-        labels = segment(image, net, tile_shape=tile, block_shape=block, min_size=16, grow=2)
+        labels = segment(image, net, tile_shape=tile, block_shape=block, min_size=16, grow=2,
+                         split=0)
         np.testing.assert_array_equal(labels, old, err_msg=f"blocks of {block}")
     if not three_class:  # the ties were met: the corner pixel goes to the leftmost cell,
         r, c = grid.bounds(1, 1)[0], grid.bounds(1, 1)[2]  # the top-left of four

@@ -86,23 +86,3 @@ def test_hysteresis_prototype_splits_a_weak_bridge_that_growing_keeps(pretrain):
     assert cells[5, 10] in (cells[5, 5], cells[5, 15]), "the bridge goes to a neighbour"
     assert (cells[p[1] < 0.5] == 0).all(), "nothing grows into the background"
     assert cells[15, 25] == 0
-
-
-def test_split_prototype_cuts_two_merged_nuclei_but_not_one_large_irregular_one(pretrain):
-    """Two small round nuclei decoded as one cell are cut into two along their neck; one
-    large nucleus with a bump (a second, shallow distance peak) stays whole, where a fixed
-    depth of 2 px cuts it too."""
-    from skimage.draw import disk
-
-    labels = np.zeros((140, 130), np.int32)
-    for centre in ((20, 20), (20, 37)):  # radius 10, centres 17 px apart: a narrow neck
-        labels[disk(centre, 10, shape=labels.shape)] = 1
-    labels[disk((90, 60), 35, shape=labels.shape)] = 2
-    labels[disk((90, 103), 10, shape=labels.shape)] = 2  # a bump on the large one
-    cut = pretrain.split_cells(labels)
-    assert cut[20, 20] != cut[20, 37] and cut[20, 20] > 0 and cut[20, 37] > 0
-    assert len(np.unique(cut[labels == 1])) == 2
-    assert len(np.unique(cut[labels == 2])) == 1, "the large nucleus is one cell"
-    assert (cut[labels == 0] == 0).all()
-    fixed = pretrain.split_cells(labels, fraction=0.0)
-    assert len(np.unique(fixed[labels == 2])) == 2, "a fixed depth cuts its bump off"

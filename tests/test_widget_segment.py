@@ -237,6 +237,29 @@ def test_threshold_min_size_and_cell_diameter(widget, passthrough, qtbot):
     del layer
 
 
+def test_split_touching_nuclei_is_on_and_can_be_switched_off(widget, passthrough, qtbot):
+    """Two nuclei that touch at a narrow waist make one blob of probability: ticked (the
+    default), the box cuts it in two; a click on it keeps it whole."""
+    viewer, w = widget
+    rows, cols = np.mgrid[:60, :90]
+    image = (((rows - 30) ** 2 + (cols - 30) ** 2 <= 144)
+             | ((rows - 30) ** 2 + (cols - 52) ** 2 <= 144)).astype(np.float32)
+    viewer.add_image(image, name="pair")
+    choose_model(w, "pass.pt")
+    assert w.split.value and "touching nuclei" in w.split.text
+    w.run()
+    wait_done(qtbot, w)
+    cut = np.asarray(viewer.layers[-1].data)
+    assert cut.max() == 2 and cut[30, 30] != cut[30, 52]
+    assert "2 cells" in w.status.value
+    w.split.native.click()
+    assert not w.split.value
+    w.run()
+    wait_done(qtbot, w)
+    whole = np.asarray(viewer.layers[-1].data)
+    assert whole.max() == 1 and (whole > 0).sum() == (cut > 0).sum()
+
+
 def test_too_small_tiles_are_refused_in_plain_words(widget, qtbot):
     viewer, w = widget
     viewer.add_image(np.zeros((50, 60), np.float32), name="img")

@@ -69,7 +69,8 @@ def _segment_options(args: argparse.Namespace) -> Any:
 
     return SegmentOptions(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
                           axes=args.axes, threshold=args.threshold, min_size=args.min_size,
-                          grow=args.grow, block_shape=args.block)
+                          grow=args.grow, block_shape=args.block,
+                          **({} if args.split is None else {"split": args.split}))
 
 
 def _is_batch(args: argparse.Namespace) -> bool:
@@ -234,6 +235,10 @@ def _add_segment(sub: Any) -> None:
                    "(pixels)")
     p.add_argument("--grow", type=int, help="pixels to grow cells back over the carved gaps "
                    "(default: from the model)")
+    p.add_argument("--split", type=float, metavar="DEPTH",
+                   help="cut apart cells that hold two touching nuclei: how deep the second "
+                   "centre must be, as a share of the cell's radius (default 0.35; 0 keeps "
+                   "every cell whole)")
     p.add_argument("--probabilities", help="also write the class probabilities here (a .tif or "
                    ".zarr file; a folder with several inputs)")
     p.add_argument("--overlay", help="also write a PNG picture of the labels over the image "

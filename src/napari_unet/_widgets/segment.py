@@ -33,6 +33,7 @@ from ..core.blocks import iter_segment_blocks
 from ..core.cellsize import iter_segment_scaled, model_cell_diameter_of, scale_for_cell_size
 from ..core.model import cell_probability
 from ..core.regions import lazy, pyramid, region_outputs
+from ..core.split import SPLIT_DEPTH
 from ..core.zoo import list_models
 from ._common import (
     NEW_FILE,
@@ -57,7 +58,7 @@ __all__ = ["SegmentWidget", "is_lazy_layer"]
 FILL = "fill unlabelled pixels only"
 REPLACE = "replace labels in the region"
 _PHASES = {"predict": "predicting tiles", "merge": "joining cells across blocks",
-           "label": "labelling blocks"}
+           "label": "labelling blocks", "split": "cutting merged nuclei apart"}
 
 
 def is_lazy_layer(layer: Any) -> bool:
@@ -103,6 +104,10 @@ class SegmentWidget(Container):
         self.min_size = SpinBox(
             label="smallest cell (px)", min=0, max=1_000_000, step=4, value=16,
             tooltip="objects smaller than this many pixels (area) are dropped as noise")
+        self.split = CheckBox(
+            text="split touching nuclei", value=True,
+            tooltip="cut a cell that holds two touching nuclei apart at the waist between "
+                    "them; untick to keep every cell as the network found it")
         self.diameter = FloatSpinBox(
             label="cell diameter (px)", min=0, max=2000, step=1, value=0,
             tooltip="the typical diameter of the cells in this image, in pixels: the image is "
@@ -139,8 +144,8 @@ class SegmentWidget(Container):
         options = Container(widgets=[self.tile, self.device], labels=True)
         self.form = Container(widgets=[
             self.image, self.model, self.model_file, self.threshold, self.min_size,
-            self.diameter, self.output, self.mode, self.current_plane, self.visible_only,
-            self.probabilities, buttons, self.status,
+            self.split, self.diameter, self.output, self.mode, self.current_plane,
+            self.visible_only, self.probabilities, buttons, self.status,
         ], labels=True)
         layout = self.form.native.layout()
         layout.addWidget(section("options", options.native))
@@ -269,7 +274,8 @@ class SegmentWidget(Container):
         with_probs = self.probabilities.value
         options = SegmentOptions(tile_shape=self.tile.value or None, device=self.device.value,
                                  axes=axes, threshold=float(self.threshold.value),
-                                 min_size=int(self.min_size.value))
+                                 min_size=int(self.min_size.value),
+                                 split=SPLIT_DEPTH if self.split.value else 0.0)
         context = {"layer": layer, "index": index, "output": target, "lazy": lazy,
                    "mode": self.mode.value, "probabilities": with_probs, "model": model,
                    "name": model_label(model, source), "folder": None}

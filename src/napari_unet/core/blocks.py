@@ -1,7 +1,7 @@
 """Segmenting images larger than memory, block by block, with one id per cell.
 
 The image is cut into blocks of whole tiles (:class:`~napari_unet.core.tiling.BlockGrid`)
-and segmented in two passes over the blocks, so that only a few blocks are in
+and segmented in passes over the blocks, so that only a few blocks are in
 memory at once, and the blocks of one pass can run in parallel (on a dask
 cluster, see :mod:`napari_unet.core.distributed`):
 
@@ -23,6 +23,13 @@ cluster, see :mod:`napari_unet.core.distributed`):
    ``grow`` pixels from its neighbours' strips, grows the cells back over the
    carved gaps (:func:`~napari_unet.core.decode.grow_cells`) and writes the
    final labels over its local ids.
+
+4. **Cut merged nuclei** (:mod:`~napari_unet.core.split`, unless ``split`` is
+   0): each block reads its final labels with a halo of
+   :func:`~napari_unet.core.split.split_halo` pixels and finds the cuts of the
+   cells whose bounding box starts in it (a cell that may be cut is smaller
+   than the halo, so it is whole there); the cuts (small) are numbered in one
+   process, and each block writes the parts' ids into its own pixels.
 
 Every per-pixel decision sees the same data as in a one-piece segmentation (a
 pixel's growth, ties between equally near cells included, depends only on the
@@ -68,6 +75,7 @@ from .decode import (
 from .memory import Backoff, is_out_of_memory
 from .model import UNet, place_model
 from .options import SegmentOptions, SegmentProgress
+from .split import Split, apply_splits, find_splits, number_splits, split_halo
 from .tiling import (
     BlockGrid,
     ImageLayout,
@@ -131,6 +139,8 @@ class SegmentPlan:
         thread while the next one is predicted, and grow blocks in threads (by
         default on a GPU, whose host is otherwise idle; not on the CPU, where
         the network uses every core). The labels are the same either way.
+    split : float
+        Depth of the rule that cuts merged nuclei apart; 0: off.
     """
 
     layout: ImageLayout
@@ -143,6 +153,7 @@ class SegmentPlan:
     grow: int
     block_request: tuple[int, int] | None = None
     overlap: bool = False
+    split: float = 0.0
 
     @property
     def three_class(self) -> bool:
@@ -152,6 +163,11 @@ class SegmentPlan:
     def halo(self) -> int:
         """Pixels of the neighbouring blocks that decide how a block's cells are grown."""
         return grow_halo(self.grow, self.classes)
+
+    @property
+    def split_halo(self) -> int:
+        """Pixels around a block that decide how its cells are cut (:func:`split_halo`)."""
+        return split_halo(self.halo)
 
     @property
     def has_planes(self) -> bool:
@@ -216,7 +232,7 @@ def plan_segmentation(
     grid = BlockGrid.make(plan_tiles(model, layout.plane_shape, tiles), layout.plane_shape,
                           block_shape, min_side=grow_halo(grow, classes), min_tiles=batch)
     return SegmentPlan(layout, dev, batch, grid, classes, options.threshold, options.min_size,
-                       grow, block_shape, overlap=dev.type != "cpu")
+                       grow, block_shape, overlap=dev.type != "cpu", split=options.split)
 
 
 @dataclass
@@ -504,6 +520,62 @@ def _grow_block(
     out[index] = grown[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
 
 
+# ------------------------------------------------------------------- pass 4: cut
+def _find_block_splits(plan: SegmentPlan, key: _KEY, out: Any) -> list[Split]:
+    """Pass 4a for one block: the cuts of the cells whose bounding box starts in it."""
+    plane, i, j = key
+    r0, r1, c0, c1 = plan.grid.bounds(i, j)
+    wr0, wr1, wc0, wc1 = _window(plan.grid, i, j, plan.split_halo)
+    window = np.asarray(out[plan.index(plane, wr0, wr1, wc0, wc1)])
+    # a cell is whole here if it keeps off the window's sides inside the image by more
+    # than the growing distance (its grown pixels lie that near its connected seeds)
+    h, w = plan.grid.plane_shape
+    m = plan.halo + 1
+    whole = (m if wr0 > 0 else 0, wr1 - wr0 - (m if wr1 < h else 0),
+             m if wc0 > 0 else 0, wc1 - wc0 - (m if wc1 < w else 0))
+    return find_splits(window, plan.split, plan.min_size,
+                       owned=(r0 - wr0, r1 - wr0, c0 - wc0, c1 - wc0), whole=whole,
+                       origin=(wr0, wc0), plane=plane)
+
+
+def _apply_block_splits(plan: SegmentPlan, key: _KEY, out: Any, splits: list[Split],
+                        starts: np.ndarray) -> int:
+    """Pass 4c for one block: the parts' ids written into the block's own pixels."""
+    plane, i, j = key
+    r0, r1, c0, c1 = plan.grid.bounds(i, j)
+    index = plan.index(plane, r0, r1, c0, c1)
+    block = np.array(out[index])
+    if apply_splits(block, splits, starts, origin=(r0, c0)):
+        out[index] = block
+    return 1
+
+
+def _split_jobs(plan: SegmentPlan, splits: list[Split], n_cells: int
+                ) -> tuple[list[tuple], int]:
+    """Number the cuts; the (key, its cuts, their first ids) of each block they reach."""
+    ordered, starts, n = number_splits(splits, n_cells)
+    bh, bw = plan.grid.block_shape
+    reach: dict[_KEY, list[int]] = {}
+    for k, split in enumerate(ordered):
+        r0, r1, c0, c1 = split.bounds
+        for i in range(r0 // bh, (r1 - 1) // bh + 1):
+            for j in range(c0 // bw, (c1 - 1) // bw + 1):
+                reach.setdefault((split.plane, i, j), []).append(k)
+    jobs = [(key, [ordered[k] for k in ks], starts[ks]) for key, ks in sorted(reach.items())]
+    return jobs, n
+
+
+def _worker_find_splits(plan: SegmentPlan, key: _KEY, out: Any) -> list[Split]:
+    """Pass 4a of one block in a dask worker."""
+    return _find_block_splits(plan, key, out)
+
+
+def _worker_apply_splits(plan: SegmentPlan, key: _KEY, out: Any, splits: list[Split],
+                         starts: np.ndarray) -> int:
+    """Pass 4c of one block in a dask worker."""
+    return _apply_block_splits(plan, key, out, splits, starts)
+
+
 # ---------------------------------------------------------------- outputs
 def create_zarr_array(
     path: str | Path, shape: Sequence[int], chunks: Sequence[int], dtype: Any
@@ -719,7 +791,8 @@ def _run_local(
     try:
         while True:
             keys = plan.keys()
-            total = plan.grid.plan.total * layout.n_planes + len(keys)
+            total = plan.grid.plan.total * layout.n_planes + len(keys) * (
+                3 if plan.split > 0 else 1)
             done = 0
             yield SegmentProgress(0, total, "predict")
             summaries: dict[_KEY, BlockSummary] = {}
@@ -780,25 +853,39 @@ def _run_local(
     numbering = _merge(summaries, layout.plane_shape, plan.min_size)
     jobs = ((plan, key, out, numbering.block_map(summaries[key]),
              _halo_pieces(plan, key, summaries, numbering)) for key in keys)
-    if overlap and len(keys) > 1 and _aligned(out, plan.grid, plan.has_planes):
-        growers = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
-                                     thread_name_prefix="napari-unet-grow")
-        try:
-            for _ in growers.map(_grow_job, jobs):
-                done += 1
-                yield SegmentProgress(done, total, "label")
-        finally:
-            growers.shutdown(wait=True, cancel_futures=True)
-    else:
-        for job in jobs:
-            _grow_job(job)
+    # blocks are written in threads when their writes cannot collide (and the host is idle
+    # while a GPU runs); finding the cuts only reads, after the network: threads always
+    writes = overlap and len(keys) > 1 and _aligned(out, plan.grid, plan.has_planes)
+    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="napari-unet-grow") \
+        if len(keys) > 1 and (writes or plan.split > 0) else None
+    writer = pool.map if writes and pool is not None else map
+    try:
+        for _ in writer(_run_job, ((_grow_block, job) for job in jobs)):
             done += 1
             yield SegmentProgress(done, total, "label")
+        if plan.split > 0:
+            splits: list[Split] = []
+            reader = map if pool is None else pool.map
+            for found in reader(_run_job, ((_find_block_splits, (plan, key, out))
+                                           for key in keys)):
+                splits.extend(found)
+                done += 1
+                yield SegmentProgress(done, total, "split")
+            cuts, numbering.n_cells = _split_jobs(plan, splits, numbering.n_cells)
+            for _ in writer(_run_job, ((_apply_block_splits, (plan, key, out, mine, starts))
+                                       for key, mine, starts in cuts)):
+                pass
+            done += len(keys)
+            yield SegmentProgress(done, total, "split")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return numbering
 
 
-def _grow_job(job: tuple) -> None:
-    _grow_block(*job)
+def _run_job(job: tuple) -> Any:
+    function, arguments = job
+    return function(*arguments)
 
 
 def _run_distributed(
@@ -808,7 +895,8 @@ def _run_distributed(
     from .distributed import Shared, submit_all
 
     keys = plan.keys()
-    total = plan.grid.plan.total * plan.layout.n_planes + len(keys)
+    total = plan.grid.plan.total * plan.layout.n_planes + len(keys) * (
+        3 if plan.split > 0 else 1)
     done = 0
     yield SegmentProgress(0, total, "predict")
     shared_model = client.scatter(Shared(model), broadcast=True)
@@ -834,4 +922,17 @@ def _run_distributed(
     for _ in submit_all(client, _worker_grow_block, arguments):
         done += 1
         yield SegmentProgress(done, total, "label")
+    if plan.split > 0:
+        splits: list[Split] = []
+        for _, found in submit_all(client, _worker_find_splits,
+                                   [(plan, key, out) for key in keys]):
+            splits.extend(found)
+            done += 1
+            yield SegmentProgress(done, total, "split")
+        cuts, numbering.n_cells = _split_jobs(plan, splits, numbering.n_cells)
+        for _ in submit_all(client, _worker_apply_splits,
+                            [(plan, key, out, mine, starts) for key, mine, starts in cuts]):
+            pass
+        done += len(keys)
+        yield SegmentProgress(done, total, "split")
     return numbering

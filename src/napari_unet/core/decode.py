@@ -16,6 +16,10 @@ For a three-class model (background / interior / boundary) the cells are the
 connected components of the interior class, grown by up to ``grow`` pixels
 (``grow·√2`` diagonally, to reach cell corners) into the boundary class.
 
+4. **Cut merged nuclei apart**: a cell whose distance to its rim has two or
+   more deep centres is cut between them (:mod:`~napari_unet.core.split`;
+   ``split=0`` switches this off).
+
 "Nearest" is the Euclidean distance between pixel centres; when several cell
 pixels are equally near, the leftmost of them wins, and of those the topmost
 (the smallest column, then the smallest row). This is the choice of
@@ -35,6 +39,8 @@ from functools import lru_cache
 
 import numpy as np
 from skimage.measure import label as cc_label
+
+from .split import SPLIT_DEPTH, split_cells
 
 __all__ = [
     "probabilities_to_labels",
@@ -343,6 +349,7 @@ def probabilities_to_labels(
     threshold: float = 0.5,
     min_size: int = 16,
     grow: int = 2,
+    split: float = SPLIT_DEPTH,
 ) -> np.ndarray:
     """Instance labels from class probabilities (see the module docstring for the rule).
 
@@ -362,6 +369,11 @@ def probabilities_to_labels(
     grow : int
         Pixels by which cells are grown back over carved gaps (two-class) or into
         the boundary class (three-class); 0 switches growing off.
+    split : float
+        How deep a second centre of a cell must be, as a share of the cell's
+        largest distance to its rim, for the cell to be cut apart
+        (:func:`~napari_unet.core.split.split_cells`); 0 switches cutting off.
+        The other parts of a cut cell are numbered after the last cell.
 
     Returns
     -------
@@ -389,11 +401,12 @@ def probabilities_to_labels(
             f"got shape {probs.shape}"
         )
     if probs.ndim == 3:
-        return _labels_2d(probs, classes, threshold, int(min_size), int(grow))
-    out = np.zeros(probs.shape[1:], dtype=np.int32)
-    next_id = 0
-    for z in range(probs.shape[1]):
-        lab = _labels_2d(probs[:, z], classes, threshold, int(min_size), int(grow))
-        out[z] = np.where(lab > 0, lab + next_id, 0)
-        next_id = int(out[z].max(initial=next_id))
-    return out
+        out = _labels_2d(probs, classes, threshold, int(min_size), int(grow))
+    else:
+        out = np.zeros(probs.shape[1:], dtype=np.int32)
+        next_id = 0
+        for z in range(probs.shape[1]):
+            lab = _labels_2d(probs[:, z], classes, threshold, int(min_size), int(grow))
+            out[z] = np.where(lab > 0, lab + next_id, 0)
+            next_id = int(out[z].max(initial=next_id))
+    return split_cells(out, split, int(min_size)) if split > 0 else out

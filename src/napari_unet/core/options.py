@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .split import SPLIT_DEPTH
+
 __all__ = ["SegmentOptions", "SegmentProgress"]
 
 
@@ -80,6 +82,11 @@ class SegmentOptions:
     block_shape : int or (int, int), optional
         Output pixels per block, rounded down to whole tiles (default about
         2048): what is held in memory at once, and the unit of parallel work.
+    split : float
+        Cut apart cells that hold two or more touching nuclei the network
+        merged: how deep a second centre must be, as a share of the cell's
+        largest distance to its rim (:mod:`~napari_unet.core.split`); 0
+        switches cutting off.
 
     Examples
     --------
@@ -99,6 +106,7 @@ class SegmentOptions:
     min_size: int = 16
     grow: int | None = None
     block_shape: tuple[int, int] | None = None
+    split: float = SPLIT_DEPTH
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the normalised values are set once, here
@@ -114,6 +122,11 @@ class SegmentOptions:
                 or not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a probability between 0 and 1, not {threshold}")
         put(self, "threshold", float(threshold))
+        split = self.split
+        if isinstance(split, bool) or not isinstance(split, numbers.Real) \
+                or not 0.0 <= float(split) < 1.0:
+            raise ValueError(f"split must be 0 (off) or a depth between 0 and 1, not {split}")
+        put(self, "split", float(split))
         if isinstance(self.device, torch.device):
             put(self, "device", str(self.device))
         if self.device is not None:
