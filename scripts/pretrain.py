@@ -461,6 +461,9 @@ def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
         "heldout_eval_seconds": round(eval_seconds, 1),
         # the cell size the model knows best: Segment layer's "cell diameter" rescales to it
         "cell_diameter": pool_cell_diameter(labels),
+        # nuclei touch as round objects: segment cuts the ones the network merged
+        **({"split": SPLIT_DEPTH} if {k for k, v in shares.items() if v > 0} == {"nuclei"}
+           else {}),
     }
 
 

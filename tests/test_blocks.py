@@ -59,11 +59,11 @@ def test_random_network_in_blocks_equals_one_piece(rng):
     probs = predict_tiled(net, image, tile_shape=tile)
     threshold = float(np.percentile(probs[1], 55))  # many cells of all shapes
     reference = probabilities_to_labels(probs, net.classes, threshold=threshold, min_size=6,
-                                        grow=2)
+                                        grow=2, split=0.35)
     assert reference.max() > 30
     for block in ((36, 36), (72, 1000), 1):
         labels = segment(image, net, tile_shape=tile, block_shape=block, threshold=threshold,
-                         min_size=6, grow=2)
+                         min_size=6, grow=2, split=0.35)
         np.testing.assert_array_equal(labels, reference, err_msg=f"blocks of {block}")
     # ids are unique through the stack
     assert not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
@@ -191,7 +191,7 @@ def test_progress_phases_and_cancel(rng):
     net = UNet(depth=2, base_channels=4).eval()
     image = rng.normal(size=(120, 130)).astype(np.float32)
     grid = BlockGrid.make(plan_tiles(net, image.shape, (48, 48)), image.shape, 40)
-    records = list(iter_segment(image, net, tile_shape=48, block_shape=40))
+    records = list(iter_segment(image, net, tile_shape=48, block_shape=40, split=0.35))
     assert all(isinstance(r, SegmentProgress) for r in records)
     # a block is labelled once, then looked at twice for merged nuclei to cut
     assert records[-1].done == records[-1].total == grid.plan.total + 3 * grid.total
@@ -199,7 +199,7 @@ def test_progress_phases_and_cancel(rng):
     assert dones == sorted(dones)
     assert [r.phase for r in records if r.phase != "predict"][0] == "merge"
     assert records[-1].phase == "split"
-    records = list(iter_segment(image, net, tile_shape=48, block_shape=40, split=0))
+    records = list(iter_segment(image, net, tile_shape=48, block_shape=40))  # records no cut
     assert records[-1].done == records[-1].total == grid.plan.total + grid.total
     assert records[-1].phase == "label"
     # closing the generator stops between two batches of tiles

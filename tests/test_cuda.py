@@ -80,13 +80,13 @@ def test_segment_overlaps_decoding_with_the_network_and_gives_the_same_labels(rn
     cpu = predict_tiled(model, image, tile_shape=200, device="cpu")
     threshold = float(np.percentile(cpu[1], 55))
     settings = dict(tile_shape=200, batch_size=2, block_shape=250, threshold=threshold,
-                    min_size=6, grow=2, device="cuda")
+                    min_size=6, grow=2, split=0.35, device="cuda")
     plan = plan_segmentation(image, model, SegmentOptions(**settings))
     assert plan.overlap and plan.grid.total >= 4 and plan.grid.plan.total > 2 * plan.batch
     labels, probs = segment(image, model, return_probabilities=True, **settings)
     np.testing.assert_allclose(probs, cpu, atol=1e-4)
     reference = probabilities_to_labels(probs, model.classes, threshold=threshold, min_size=6,
-                                        grow=2)
+                                        grow=2, split=0.35)  # cuts made in threads too
     assert reference.max() > 20
     np.testing.assert_array_equal(labels, reference)
 

@@ -108,4 +108,10 @@ def test_segment_with_model_file(tmp_path):
     labels, probs = segment(image, path, return_probabilities=True)
     assert labels.shape == image.shape and labels.dtype == np.int32
     assert probs.shape == (2, *image.shape)
-    np.testing.assert_array_equal(labels, probabilities_to_labels(probs, min_size=16, grow=2))
+    # the grow of its gap; no cut, which it does not record
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probs, min_size=16, grow=2,
+                                                                  split=0))
+    save_model(net, tmp_path / "nuclei.pt", target={"gap": 1}, split=0.3)
+    labels, probs = segment(image, tmp_path / "nuclei.pt", return_probabilities=True)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probs, min_size=16, grow=2,
+                                                                  split=0.3))

@@ -8,6 +8,7 @@ import pytest
 from napari_unet import SegmentOptions, metrics
 from napari_unet.core.split import (
     MAX_SIDE,
+    SPLIT_DEPTH,
     apply_splits,
     find_splits,
     number_splits,
@@ -152,12 +153,21 @@ def test_cells_larger_than_the_largest_side_are_not_cut():
     assert split_cells(small).max() == 2
 
 
-def test_the_option_is_checked():
-    assert SegmentOptions().split == pytest.approx(0.35)
-    assert SegmentOptions(split=0).split == 0.0
+def test_the_option_is_checked_and_the_model_decides_by_default():
+    from napari_unet import UNet, load_model
+
+    assert load_model("default").metadata["split"] == SPLIT_DEPTH  # the nuclei model cuts
+    net = UNet(depth=2, base_channels=4)
+    assert SegmentOptions().split is None and SegmentOptions().split_for(net) == 0.0
+    net.metadata = {"split": 0.4}
+    assert SegmentOptions().split_for(net) == 0.4
+    assert SegmentOptions(split=0).split_for(net) == 0.0
     for bad in (-0.1, 1.0, True, "deep"):
         with pytest.raises(ValueError, match="split must be 0"):
             SegmentOptions(split=bad)
+    net.metadata = {"split": 2}
+    with pytest.raises(ValueError, match="the model's recorded split must be 0"):
+        SegmentOptions().split_for(net)
 
 
 def test_two_merged_nuclei_are_cut_but_one_large_irregular_one_is_not():

@@ -127,7 +127,7 @@ def passthrough(models_dir):
     from blocks_helpers import passthrough_unet
 
     two = passthrough_unet()
-    two.metadata = {"name": "pass", "cell_diameter": 20.0}
+    two.metadata = {"name": "pass", "cell_diameter": 20.0, "split": 0.35}  # a nuclei model
     save_model(two, models_dir / "pass.pt")
     three = passthrough_unet(three_class=True)
     three.metadata = {"name": "pass3"}
@@ -239,7 +239,8 @@ def test_threshold_min_size_and_cell_diameter(widget, passthrough, qtbot):
 
 def test_split_touching_nuclei_is_on_and_can_be_switched_off(widget, passthrough, qtbot):
     """Two nuclei that touch at a narrow waist make one blob of probability: ticked (the
-    default), the box cuts it in two; a click on it keeps it whole."""
+    default of a nuclei model, which records it), the box cuts it in two; a click on it
+    keeps it whole. A model that records no cut (a new network's) unticks it."""
     viewer, w = widget
     rows, cols = np.mgrid[:60, :90]
     image = (((rows - 30) ** 2 + (cols - 30) ** 2 <= 144)
@@ -258,6 +259,11 @@ def test_split_touching_nuclei_is_on_and_can_be_switched_off(widget, passthrough
     wait_done(qtbot, w)
     whole = np.asarray(viewer.layers[-1].data)
     assert whole.max() == 1 and (whole > 0).sum() == (cut > 0).sum()
+    w.split.native.click()
+    choose_model(w, "tiny.pt")
+    assert not w.split.value
+    choose_model(w, "pass.pt")
+    assert w.split.value
 
 
 def test_too_small_tiles_are_refused_in_plain_words(widget, qtbot):

@@ -237,8 +237,9 @@ def _add_segment(sub: Any) -> None:
                    "(default: from the model)")
     p.add_argument("--split", type=float, metavar="DEPTH",
                    help="cut apart cells that hold two touching nuclei: how deep the second "
-                   "centre must be, as a share of the cell's radius (default 0.35; 0 keeps "
-                   "every cell whole)")
+                   "centre must be, as a share of the cell's radius (default: the model's "
+                   "choice, 0.35 for the packaged nuclei model and models trained from it; 0 "
+                   "keeps every cell whole)")
     p.add_argument("--probabilities", help="also write the class probabilities here (a .tif or "
                    ".zarr file; a folder with several inputs)")
     p.add_argument("--overlay", help="also write a PNG picture of the labels over the image "

@@ -188,6 +188,8 @@ class SegmentWidget(Container):
             "the typical diameter of the cells in this image, in pixels: the image is rescaled "
             f"so that its cells get the size the model learned{learned}. 0: use the image as "
             "it is")
+        if info is not None:  # on for models of touching nuclei (they record it), else off
+            self.split.value = bool((info.metadata or {}).get("split"))
 
     def refresh_models(self) -> None:
         """Re-read the list of models (after a training run saved a new one)."""
@@ -272,10 +274,15 @@ class SegmentWidget(Container):
                        "'visible region only' on a small part")
             return
         with_probs = self.probabilities.value
+        try:  # ticked: the model's depth of cut, or the usual one if it records none
+            split = (SegmentOptions().split_for(model) or SPLIT_DEPTH) if self.split.value \
+                else 0.0
+        except ValueError as err:
+            self._fail(f"{err}: untick 'split touching nuclei', or use another model")
+            return
         options = SegmentOptions(tile_shape=self.tile.value or None, device=self.device.value,
                                  axes=axes, threshold=float(self.threshold.value),
-                                 min_size=int(self.min_size.value),
-                                 split=SPLIT_DEPTH if self.split.value else 0.0)
+                                 min_size=int(self.min_size.value), split=split)
         context = {"layer": layer, "index": index, "output": target, "lazy": lazy,
                    "mode": self.mode.value, "probabilities": with_probs, "model": model,
                    "name": model_label(model, source), "folder": None}

@@ -232,7 +232,8 @@ def plan_segmentation(
     grid = BlockGrid.make(plan_tiles(model, layout.plane_shape, tiles), layout.plane_shape,
                           block_shape, min_side=grow_halo(grow, classes), min_tiles=batch)
     return SegmentPlan(layout, dev, batch, grid, classes, options.threshold, options.min_size,
-                       grow, block_shape, overlap=dev.type != "cpu", split=options.split)
+                       grow, block_shape, overlap=dev.type != "cpu",
+                       split=options.split_for(model))
 
 
 @dataclass

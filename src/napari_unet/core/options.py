@@ -19,8 +19,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .split import SPLIT_DEPTH
-
 __all__ = ["SegmentOptions", "SegmentProgress"]
 
 
@@ -45,6 +43,14 @@ def _count(name: str, value: Any, minimum: int) -> int:
     if int(value) < minimum:
         raise ValueError(f"{name} must be {minimum} or more, not {value!r}")
     return int(value)
+
+
+def split_depth(name: str, value: Any) -> float:
+    """0 (no cutting) or a depth in (0, 1) for :mod:`~napari_unet.core.split`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be 0 (off) or a depth between 0 and 1, not {value!r}")
+    return float(value)
 
 
 def _pair(name: str, value: Any) -> tuple[int, int] | None:
@@ -82,11 +88,12 @@ class SegmentOptions:
     block_shape : int or (int, int), optional
         Output pixels per block, rounded down to whole tiles (default about
         2048): what is held in memory at once, and the unit of parallel work.
-    split : float
+    split : float, optional
         Cut apart cells that hold two or more touching nuclei the network
         merged: how deep a second centre must be, as a share of the cell's
         largest distance to its rim (:mod:`~napari_unet.core.split`); 0
-        switches cutting off.
+        switches cutting off. None means the model's choice (:meth:`split_for`:
+        on for the packaged nuclei model and models trained from it).
 
     Examples
     --------
@@ -106,7 +113,7 @@ class SegmentOptions:
     min_size: int = 16
     grow: int | None = None
     block_shape: tuple[int, int] | None = None
-    split: float = SPLIT_DEPTH
+    split: float | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the normalised values are set once, here
@@ -122,11 +129,8 @@ class SegmentOptions:
                 or not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a probability between 0 and 1, not {threshold}")
         put(self, "threshold", float(threshold))
-        split = self.split
-        if isinstance(split, bool) or not isinstance(split, numbers.Real) \
-                or not 0.0 <= float(split) < 1.0:
-            raise ValueError(f"split must be 0 (off) or a depth between 0 and 1, not {split}")
-        put(self, "split", float(split))
+        if self.split is not None:
+            put(self, "split", split_depth("split", self.split))
         if isinstance(self.device, torch.device):
             put(self, "device", str(self.device))
         if self.device is not None:
@@ -177,6 +181,18 @@ class SegmentOptions:
             return self.grow
         gap = getattr(model, "metadata", {}).get("target", {}).get("gap", 1)
         return int(gap) + 1
+
+    def split_for(self, model: Any) -> float:
+        """The depth of the cut for ``model``: :attr:`split`, or the one it records (0: none).
+
+        A model records ``metadata["split"]`` when its cells are round objects that
+        touch, such as nuclei: the packaged model does, and models trained from it
+        keep it.
+        """
+        if self.split is not None:
+            return self.split
+        recorded = (getattr(model, "metadata", None) or {}).get("split", 0.0)
+        return split_depth("the model's recorded split", recorded)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as keyword arguments."""
