@@ -40,7 +40,7 @@ def model_file(tmp_path_factory):
     net.normalization = Normalization(low=2.0, high=99.5)
     net.classes = ("background", "nucleus")
     path = tmp_path_factory.mktemp("bioimageio") / "tiny.pt"
-    return save_model(net, path, trained_on=TRAINED_ON, target={"gap": 1},
+    return save_model(net, path, trained_on=TRAINED_ON, target={"gap": 1}, split=0.35,
                       training={"steps": 3, "seconds": 1.5, "optimizer": "adam", "lr": 1e-3})
 
 
@@ -171,7 +171,9 @@ def test_architecture_and_test_tensors_stand_alone(package, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert test_out.shape[-2:] == tuple(n - 2 * net.margin for n in test_in.shape[-2:])
     assert test_in.shape[-1] - 2 * net.margin >= 128  # a real image, not a speck
-    assert "## Validation" in (folder / "README.md").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "## Validation" in readme
+    assert "cut at their waist (depth 0.35" in " ".join(readme.split())  # as the model records
 
 
 # ------------------------------------------------------------------ loading

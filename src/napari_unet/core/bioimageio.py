@@ -477,8 +477,10 @@ def _readme(net: UNet, meta: dict[str, Any], name: str, description: str,
         "", "## Instance labels", "",
         "napari-unet turns the probabilities into instance labels (one number per cell): "
         "connected components of the cell probability, grown back over the thin background "
-        "gaps the network learnt to draw between touching cells. "
-        "`napari-unet segment IMAGE -o labels.tif --model THIS.zip` does it.", "",
+        "gaps the network learnt to draw between touching cells"
+        + (f", then cells that hold two touching nuclei are cut at their waist (depth "
+           f"{meta['split']}: `split` in the napari-unet metadata)" if meta.get("split") else "")
+        + ". `napari-unet segment IMAGE -o labels.tif --model THIS.zip` does it.", "",
         "## Training data", "",
         str(meta.get("trained_on") or "Not recorded: the model file did not say what the "
             "model was trained on."), "",

@@ -21,6 +21,7 @@ from ..decode import probabilities_to_labels
 from ..metrics import MatchResult, match
 from ..model import UNet
 from ..normalize import Normalization
+from ..options import SegmentOptions
 from ..tiling import iter_predict_tiled, reflect_index
 from ..weightmap import IGNORE_INDEX, border_classes
 
@@ -119,6 +120,7 @@ def validate(
     """(validation loss, pooled F1) of ``model``; yields ``notify(message)`` between tiles."""
     pooled = MatchResult(0, 0, 0, 0, 0, 0.5)
     loss_sum, weight_sum = 0.0, 0.0
+    split = SegmentOptions().split_for(model)  # cells decoded as segment will decode them
     for k, v in enumerate(windows):
         gen = iter_predict_tiled(model, v.image, device=device, axes="cyx",
                                  normalization=PreNormalised())
@@ -140,7 +142,7 @@ def validate(
         loss_sum += float((v.weight * -np.log(np.clip(p_true, 1e-7, 1.0)))[ok].sum())
         weight_sum += float(v.weight[ok].sum())
         pred = probabilities_to_labels(probs, model.classes, threshold=0.5, min_size=MIN_SIZE,
-                                       grow=grow)
+                                       grow=grow, split=split)
         pred = _remove_small(_held_out_cells(pred, v.mask), MIN_SIZE)
         pooled = pooled + match(v.gt, pred, 0.5)
     return loss_sum / max(weight_sum, 1e-8), pooled.f1
