@@ -184,16 +184,18 @@ def test_current_model_is_a_copy_of_the_weights_now(scene):
     run.close()
 
 
-def test_live_training_from_a_trained_model_uses_the_gentler_rate(scene):
-    """No limit means no decay: from a trained model, live training takes the lower
-    LIVE_FINETUNE_LR; a new network, a run with a limit or an explicit lr keep theirs."""
-    from napari_unet.core.training.config import DEFAULT_LR, LIVE_FINETUNE_LR
+def test_training_from_a_trained_model_uses_the_gentler_rates(scene):
+    """From a trained model: live training (no limit, no decay) takes LIVE_FINETUNE_LR, a
+    run with a limit the still lower FINETUNE_LR; a new network or an explicit lr keep
+    theirs."""
+    from napari_unet.core.training.config import DEFAULT_LR, FINETUNE_LR, LIVE_FINETUNE_LR
 
     image, labels = scene
     trained = tiny()
     trained.metadata["training"] = {"steps": 10}
     cases = [(trained, {}, LIVE_FINETUNE_LR["adam"]), (tiny(), {}, DEFAULT_LR["adam"]),
-             (trained, {"max_steps": 5}, DEFAULT_LR["adam"]),
+             (trained, {"max_steps": 5}, FINETUNE_LR["adam"]),
+             (tiny(), {"max_steps": 5}, DEFAULT_LR["adam"]),
              (trained, {"lr": 5e-3}, 5e-3)]
     for model, extra, lr in cases:
         run = iter_train(image, labels, model, validation=0, **OPTS, **extra)
@@ -201,4 +203,4 @@ def test_live_training_from_a_trained_model_uses_the_gentler_rate(scene):
             pass
         run.close()
         assert run.result.model.metadata["training"]["lr"] == lr
-    assert LIVE_FINETUNE_LR["adam"] < DEFAULT_LR["adam"]
+    assert FINETUNE_LR["adam"] < LIVE_FINETUNE_LR["adam"] < DEFAULT_LR["adam"]

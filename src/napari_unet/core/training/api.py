@@ -206,10 +206,11 @@ def train(
         Adam, or SGD with momentum 0.99 as in the paper.
     lr : float, optional
         Learning rate (default 3e-3 for Adam, 1e-2 for SGD), reached after a
-        50-step linear warm-up and then kept (see ``final_lr_fraction``). Live
-        training (neither ``max_steps`` nor ``max_time``) from a trained model
-        defaults to the gentler ``LIVE_FINETUNE_LR`` (1e-3 for Adam, 3e-3 for SGD),
-        since without a limit the rate never decays.
+        50-step linear warm-up and then kept (see ``final_lr_fraction``). From a
+        trained model the default is gentler, so that a few painted cells do not
+        pull it away from what it knew: ``FINETUNE_LR`` (3e-4 for Adam, 1e-3 for
+        SGD), and for live training (neither ``max_steps`` nor ``max_time``, so the
+        rate never decays) ``LIVE_FINETUNE_LR`` (1e-3 for Adam, 3e-3 for SGD).
     final_lr_fraction : float, optional
         With a step or time limit, decay the learning rate along a cosine to
         this fraction of ``lr`` at the end (default ``FINAL_LR_FRACTION``, 1.0:

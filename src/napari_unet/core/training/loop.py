@@ -82,9 +82,10 @@ class Trainer:
             )
         if config.seed is None:
             config = config.replace(seed=new_seed())
-        if (config.lr is None and config.max_steps is None and config.max_time is None
-                and start.metadata.get("training")):  # live, from a trained model
-            config = config.replace(lr=cfg_module.LIVE_FINETUNE_LR[config.optimizer])
+        if config.lr is None and start.metadata.get("training"):  # from a trained model
+            live = config.max_steps is None and config.max_time is None
+            rates = cfg_module.LIVE_FINETUNE_LR if live else cfg_module.FINETUNE_LR
+            config = config.replace(lr=rates[config.optimizer])
         self.config = config
         self.seed = int(config.seed)  # type: ignore[arg-type]
         self.start_model = start
