@@ -5,9 +5,11 @@
 # images, segment again, and write the labels, pictures of them over the image, and the scores
 # against the truth. Results go to out/.
 #
-# The images are dim and noisy (about 8 photons per unit of brightness, as in gentle live
+# The images are dim and noisy (about 4 photons per unit of brightness, as in gentle live
 # imaging): a case where the packaged model is not yet right, misses dim nuclei and breaks
-# noisy ones apart, and where two minutes of fine-tuning on your own kind of images fix most of it.
+# noisy ones apart, and where two minutes of fine-tuning on your own kind of images fix much of
+# it. (At 8 photons the packaged model, which cuts merged nuclei apart, is already about as good
+# as two minutes of fine-tuning: F1 0.763 against 0.769.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,7 +19,7 @@ mkdir -p "$OUT"
 SECONDS_TO_TRAIN="${TRAIN_SECONDS:-120}"
 
 echo "== 1. sample data, dim and noisy: 8 labelled training images, 1 new image"
-PHOTONS="${PHOTONS:-8}"
+PHOTONS="${PHOTONS:-4}"
 napari-unet sample --kind nuclei -n 8 --size 256 --clustered --photons "$PHOTONS" --seed 1 \
     -o "$OUT/train" --overwrite
 napari-unet sample --kind nuclei -n 1 --size 512 --clustered --photons "$PHOTONS" --seed 2026 \
