@@ -92,6 +92,12 @@ def test_numbering_keeps_ids_and_appends_parts(packed):
         assert np.bincount(split.parts.reshape(-1))[1:].min() >= 16
 
 
+def test_public_api():
+    import napari_unet
+
+    assert napari_unet.split_cells is split_cells and "split_cells" in napari_unet.__all__
+
+
 def test_any_integer_dtype_and_stacks(packed):
     _, merged = packed
     cut = split_cells(merged)

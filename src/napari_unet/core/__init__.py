@@ -19,6 +19,7 @@ from .model import InvalidInputShapeError, UNet, cell_class_index, cell_probabil
 from .normalize import Normalization
 from .options import SegmentOptions, SegmentProgress
 from .segmentation import iter_segment, segment
+from .split import split_cells
 from .tiling import (
     BlockGrid,
     ImageLayout,
@@ -52,6 +53,7 @@ __all__ = [
     "BlockSegmentation",
     "BlockGrid",
     "probabilities_to_labels",
+    "split_cells",
     "boundary_weight_map",
     "WeightMapCache",
     "training_targets",
