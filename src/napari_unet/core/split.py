@@ -12,7 +12,10 @@ peaks with a saddle between them. The rule, applied to each cell on its own:
 2. **Centres**: the cell's *h*-maxima (peaks that stand at least *h* above the
    saddle to any higher peak), with ``h = max(2 px, depth × the cell's largest
    distance)``: scaled to the cell, so that a large irregular nucleus is not
-   cut at its bumps while two small touching ones are.
+   cut at its bumps while two small touching ones are. The h-maxima are only
+   looked for in cells with two separate peaks (plateaus no lower than their
+   neighbours in the cell) that reach that height, found for the whole image
+   at once; most cells have one and are passed over.
 3. **Cut**: a cell with two or more centres is cut by a watershed of the
    distance from its centres. A part smaller than ``min_size`` pixels gives up
    its centre and the watershed is redone, so no pixel is lost; a cell left
@@ -27,7 +30,8 @@ pixels) keeps the cell's id; the other parts get new ids after the highest id,
 in the order of their cell's id and then their own raster order
 (:func:`number_splits`).
 
-Decision and measurements: docs/models.md ("Separating touching nuclei").
+Decision and measurements: docs/models.md ("Cutting merged nuclei apart, chosen
+by measurement").
 """
 
 from __future__ import annotations
