@@ -523,7 +523,8 @@ def _grow_block(
 
 # ------------------------------------------------------------------- pass 4: cut
 def _find_block_splits(plan: SegmentPlan, key: _KEY, out: Any) -> list[Split]:
-    """Pass 4a for one block: the cuts of the cells whose bounding box starts in it."""
+    """Pass 4a for one block (here or in a dask worker): the cuts of the cells whose
+    bounding box starts in it."""
     plane, i, j = key
     r0, r1, c0, c1 = plan.grid.bounds(i, j)
     wr0, wr1, wc0, wc1 = _window(plan.grid, i, j, plan.split_halo)
@@ -541,7 +542,8 @@ def _find_block_splits(plan: SegmentPlan, key: _KEY, out: Any) -> list[Split]:
 
 def _apply_block_splits(plan: SegmentPlan, key: _KEY, out: Any, splits: list[Split],
                         starts: np.ndarray) -> int:
-    """Pass 4c for one block: the parts' ids written into the block's own pixels."""
+    """Pass 4c for one block (here or in a dask worker): the parts' ids written into the
+    block's own pixels."""
     plane, i, j = key
     r0, r1, c0, c1 = plan.grid.bounds(i, j)
     index = plan.index(plane, r0, r1, c0, c1)
@@ -564,17 +566,6 @@ def _split_jobs(plan: SegmentPlan, splits: list[Split], n_cells: int
                 reach.setdefault((split.plane, i, j), []).append(k)
     jobs = [(key, [ordered[k] for k in ks], starts[ks]) for key, ks in sorted(reach.items())]
     return jobs, n
-
-
-def _worker_find_splits(plan: SegmentPlan, key: _KEY, out: Any) -> list[Split]:
-    """Pass 4a of one block in a dask worker."""
-    return _find_block_splits(plan, key, out)
-
-
-def _worker_apply_splits(plan: SegmentPlan, key: _KEY, out: Any, splits: list[Split],
-                         starts: np.ndarray) -> int:
-    """Pass 4c of one block in a dask worker."""
-    return _apply_block_splits(plan, key, out, splits, starts)
 
 
 # ---------------------------------------------------------------- outputs
@@ -925,13 +916,13 @@ def _run_distributed(
         yield SegmentProgress(done, total, "label")
     if plan.split > 0:
         splits: list[Split] = []
-        for _, found in submit_all(client, _worker_find_splits,
+        for _, found in submit_all(client, _find_block_splits,
                                    [(plan, key, out) for key in keys]):
             splits.extend(found)
             done += 1
             yield SegmentProgress(done, total, "split")
         cuts, numbering.n_cells = _split_jobs(plan, splits, numbering.n_cells)
-        for _ in submit_all(client, _worker_apply_splits,
+        for _ in submit_all(client, _apply_block_splits,
                             [(plan, key, out, mine, starts) for key, mine, starts in cuts]):
             pass
         done += len(keys)
