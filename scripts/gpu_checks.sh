@@ -10,6 +10,8 @@
 #
 # Prepare here first (ignored by git, carried to the machine):
 #   .gpu/vendor    pytest and its dependencies, unpacked wheels (the machine has no pytest)
+#                  and edt (the cut of merged nuclei falls back to scipy's 2x slower distance
+#                  without it; pick the wheel for the machine's Python)
 #   .gpu/baseline  `git archive e43b0d5 src benchmarks` and a COMMIT file: bench_training's baseline
 #   .gpu/seg_base  `git archive COMMIT src`: bench_segment's baseline (segment-pretrain)
 #   .gpu/real      optional real annotated images (img2d.tif, mask2d.tif): reported, never trained on
