@@ -25,8 +25,9 @@ __all__ = ["SegmentOptions", "SegmentProgress"]
 class SegmentProgress(NamedTuple):
     """Progress of a segmentation: units done and in all, and the phase.
 
-    A unit is one tile predicted (phase ``"predict"``) or one block labelled
-    (phase ``"label"``); in phase ``"merge"`` the cells are joined across block
+    A unit is one tile predicted (phase ``"predict"``), one block labelled
+    (phase ``"label"``) or one block looked at for merged nuclei to cut, twice
+    (phase ``"split"``); in phase ``"merge"`` the cells are joined across block
     borders.
     """
 
