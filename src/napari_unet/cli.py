@@ -69,8 +69,7 @@ def _segment_options(args: argparse.Namespace) -> Any:
 
     return SegmentOptions(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
                           axes=args.axes, threshold=args.threshold, min_size=args.min_size,
-                          grow=args.grow, block_shape=args.block,
-                          **({} if args.split is None else {"split": args.split}))
+                          grow=args.grow, block_shape=args.block, split=args.split)
 
 
 def _is_batch(args: argparse.Namespace) -> bool:

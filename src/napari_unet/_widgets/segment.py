@@ -189,7 +189,10 @@ class SegmentWidget(Container):
             f"so that its cells get the size the model learned{learned}. 0: use the image as "
             "it is")
         if info is not None:  # on for models of touching nuclei (they record it), else off
-            self.split.value = bool((info.metadata or {}).get("split"))
+            try:
+                self.split.value = SegmentOptions().split_for(info) > 0
+            except ValueError:  # a bad record: Segment layer says so when it runs
+                self.split.value = True
 
     def refresh_models(self) -> None:
         """Re-read the list of models (after a training run saved a new one)."""

@@ -234,6 +234,11 @@ def find_splits(
         ``(row0, row1, col0, col1)`` in ``labels``: only cells whose bounding
         box starts there are looked at (a block, with ``labels`` the block and
         its :func:`split_halo`). Default: all.
+    whole : (int, int, int, int), optional
+        ``(row0, row1, col0, col1)`` in ``labels``: only cells whose bounding
+        box lies inside are looked at. A window of a larger image passes itself
+        less a margin wider than the growing distance on its sides inside the
+        image, so that a cell seen there is the whole cell. Default: all.
     origin : (int, int)
         Position of ``labels[0, 0]`` in the plane (for the splits' origins).
     plane : int

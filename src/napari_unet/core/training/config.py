@@ -43,7 +43,8 @@ LIVE_FINETUNE_LR = {"adam": 1e-3, "sgd": 3e-3}
 #: model: fine-tuned for 120 s on a 2-core CPU from the packaged model (segment's cut on), the
 #: quickstart's new image scored 0.704 at 3e-3 and 0.769 at 3e-4 (0.763 out of the box), packed
 #: clusters 0.775 and 0.839 (0.867 out of the box), nuclei as in training 0.985 and 0.970 (0.868)
-#: (scripts/quickstart.sh; python scripts/pretrain.py finetune default.pt [--lr 0.0003]).
+#: (PHOTONS=8 bash scripts/quickstart.sh; python scripts/pretrain.py finetune default.pt
+#: [--lr 0.0003]).
 FINETUNE_LR = {"adam": 3e-4, "sgd": 1e-3}
 #: Architecture of a new model (see the package notes for the measurement behind it):
 #: depth 4 keeps the paper's 92-pixel context per side (good for cells up to ~60 px).
