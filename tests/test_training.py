@@ -112,6 +112,28 @@ def test_validation_holds_out_whole_cells_of_a_stack():
     assert result.model.metadata["training"]["val_cells"] == result.val_cells
 
 
+def test_a_model_is_kept_only_when_no_worse_in_f1_and_in_loss(nuclei, monkeypatch):
+    # scripted validations (loss, F1), one per step: the rule, not the network, is tested
+    script = [(0.30, 0.50), (0.25, 0.60), (0.27, 0.70), (0.24, 0.60), (0.26, 0.90)]
+    calls = []
+
+    def scripted(model, windows, device, grow, notify):
+        yield notify("validating")
+        calls.append(len(calls) + 1)
+        return script[len(calls) - 1]
+
+    monkeypatch.setattr(loop, "validate", scripted)
+    images, labels = nuclei
+    result = run_to_completion(iter_train(
+        images, labels, tiny(), max_steps=5, validate_every=1, validation=0.3, patch_shape=32,
+        batch_size=1, device="cpu", seed=0, report_interval=0))
+    assert calls == [1, 2, 3, 4, 5]
+    # step 3 wins a cell but fits the held-out pixels worse; step 4 fits them better with
+    # the same F1; step 5 is better in F1 only
+    assert result.best_step == 4 and result.best_val_f1 == 0.60
+    assert [r.best_val_f1 for r in result.history] == [0.50, 0.60, 0.60, 0.60, 0.60]
+
+
 # ------------------------------------------------------------- cancel and resume
 def test_cancel_keeps_the_best_model(nuclei, tmp_path):
     images, labels = nuclei

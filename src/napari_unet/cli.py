@@ -356,7 +356,7 @@ def _train_locked(args: argparse.Namespace, out: Path, max_steps: int | None,
             bar.n = p.step if by_steps else min(p.elapsed, float(max_time))
             post = {} if p.loss is None else {"loss": f"{p.loss:.3f}"}
             if p.best_val_f1 is not None:
-                post["val F1"] = f"{p.best_val_f1:.3f}"
+                post["kept val F1"] = f"{p.best_val_f1:.3f}"
             if p.phase == "validate":
                 post["validating"] = "…"
             bar.set_postfix(post, refresh=False)

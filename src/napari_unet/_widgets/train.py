@@ -537,7 +537,7 @@ class TrainWidget(Container):
             if p.loss is not None:
                 parts.append(f"loss {p.loss:.3f}")
             if self._last_val is not None:
-                best = "" if p.best_val_f1 is None else f" (best {p.best_val_f1:.2f})"
+                best = "" if p.best_val_f1 is None else f" (kept model {p.best_val_f1:.2f})"
                 parts.append(f"validation F1 {self._last_val[1]:.2f}{best}")
             if p.eta is not None:
                 parts.append(f"{p.eta:.0f} s left")

@@ -1,7 +1,8 @@
 """How a training run ended, in numbers: which model was kept, and against what start.
 
-A run keeps the model with the best validation F1, so the kept model is never
-worse than the starting model *on the held-out cells*; but the last steps may
+A run keeps a model only when it is no worse than the kept one on the held-out
+cells, in F1 and in loss, so the kept model is never worse than the starting
+model *on the held-out cells*; but the last steps may
 be, and a run that never beat its start keeps the start. :func:`summarize_run`
 sets these facts side by side for a truthful report (the GUI's status line).
 """

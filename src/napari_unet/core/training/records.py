@@ -36,7 +36,8 @@ class TrainProgress:
     val_cells : int or None
         Number of held-out cells the validation F1 is measured on.
     best_val_f1 : float or None
-        Best validation F1 so far.
+        Validation F1 of the model kept so far (not always the highest measured:
+        see :func:`~napari_unet.core.training.validate.is_better`).
     lr : float or None
         Learning rate of this step.
     batch_size : int
@@ -85,8 +86,10 @@ class TrainResult:
     Attributes
     ----------
     model : UNet
-        The model with the best validation F1 (ties: lower validation loss), or
-        the final model when there was no validation; on the CPU, in evaluation
+        The kept model: the last validated model that was no worse than the one
+        kept before it in validation F1 and in validation loss, and better in one
+        (:func:`~napari_unet.core.training.validate.is_better`), or the final
+        model when there was no validation; on the CPU, in evaluation
         mode, with ``metadata["target"]`` and ``metadata["training"]`` set.
     history : list of TrainProgress
         The training records reported (``phase == "train"``): one per step with

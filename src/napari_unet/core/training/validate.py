@@ -6,6 +6,9 @@ border). The window is predicted by seamless tiled prediction and turned into
 cells by the same decoding as :func:`~napari_unet.segment`; a predicted cell
 counts when most of it lies in the held-out area. Instance F1 (IoU 0.5) is
 pooled over all windows, with the weighted cross-entropy as validation loss.
+
+Which model a run keeps is :func:`is_better`: a model replaces the kept one only
+when it is no worse on both measures and better on one of them.
 """
 
 from __future__ import annotations
@@ -25,10 +28,47 @@ from ..options import SegmentOptions
 from ..tiling import iter_predict_tiled, reflect_index
 from ..weightmap import IGNORE_INDEX, border_classes
 
-__all__ = ["ValWindow", "make_window", "validate", "MIN_SIZE"]
+__all__ = ["ValWindow", "make_window", "validate", "is_better", "MIN_SIZE"]
 
 #: Cells (true and predicted) smaller than this (pixels) are not counted.
 MIN_SIZE = 16
+
+
+def is_better(val_f1: float, val_loss: float, kept_f1: float, kept_loss: float) -> bool:
+    """Whether a newly validated model replaces the kept one.
+
+    It must be no worse in validation F1 *and* no worse in validation loss, and
+    better in at least one of them. On a few dozen held-out cells the F1 moves by
+    whole cells and goes up and down from one validation to the next by chance;
+    the weighted loss over the held-out pixels says whether the network really
+    fits them better. A model that wins one cell while fitting the pixels worse
+    is not kept, so fine-tuning that does not help keeps the model it started
+    from (measured: on packed clusters, 72 painted cells, 19 held out, the F1 of
+    the validations swung between 0.70 and 0.89 while the loss and the F1 on
+    1,362 other cells stayed at or below the start's).
+
+    Parameters
+    ----------
+    val_f1, val_loss : float
+        The new validation.
+    kept_f1, kept_loss : float
+        The kept model's validation (on the same held-out cells).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> is_better(0.9, 0.20, 0.8, 0.25)
+    True
+    >>> is_better(0.9, 0.26, 0.8, 0.25)  # one cell more, but fits the pixels worse
+    False
+    >>> is_better(0.8, 0.20, 0.8, 0.25)  # same cells, better fit
+    True
+    """
+    no_worse = val_f1 >= kept_f1 and val_loss <= kept_loss
+    return no_worse and (val_f1 > kept_f1 or val_loss < kept_loss)
 
 
 class PreNormalised(Normalization):
