@@ -76,12 +76,16 @@ PACKED_DENSITY = (0.3, 0.5)
 #: ``--rotation``); the other augmentations keep the engine's defaults.
 PRETRAIN_SCALE = (0.7, 1.4)
 PRETRAIN_ROTATION = 45.0
+#: Nuclear radius range of the pool's nuclei images (``--radius``), and their photon range
+#: (``--photons``; None: the generator's own, 10-3000 photons, log-uniform).
+POOL_RADIUS = (4.0, 26.0)
+POOL_PHOTONS: tuple[float, float] | None = None
 
 _KIND_TEXT = {
-    "nuclei": "widefield fluorescence nuclei (radius 4-26 px, scattered or in colonies packed "
+    "nuclei": "widefield fluorescence nuclei (radius {radius} px, scattered or in colonies packed "
               "so that they flatten against each other, mitotic figures, chromatin texture, "
               "nucleoli, dim next to bright, debris, defocus varying across the field, uneven "
-              "background, vignetting, Poisson-Gaussian camera noise)",
+              "background, vignetting, Poisson-Gaussian camera noise{photons})",
     "membranes": "packed cells outlined by membranes (EM-like dark membranes or membrane-stain "
                  "bright outlines, cell radius 8-24 px)",
     "phase": "phase-contrast-like cells with halos (radius 8-20 px)",
@@ -89,9 +93,15 @@ _KIND_TEXT = {
 
 
 def trained_on(shares: dict[str, float], packed: float = PACKED_SHARE,
-               scale: tuple[float, float] = PRETRAIN_SCALE) -> str:
+               scale: tuple[float, float] = PRETRAIN_SCALE,
+               radius: tuple[float, float] = POOL_RADIUS,
+               photons: tuple[float, float] | None = POOL_PHOTONS) -> str:
     """The plain-words description of the pool stored in the model's metadata."""
-    kinds = [f"{round(100 * v)}% {_KIND_TEXT[k]}" for k, v in shares.items() if v > 0]
+    words = {"radius": f"{radius[0]:g}-{radius[1]:g}",
+             "photons": "" if photons is None else
+             f" at {photons[0]:g}-{photons[1]:g} photons per unit of brightness"}
+    kinds = [f"{round(100 * v)}% {_KIND_TEXT[k].format(**words)}"
+             for k, v in shares.items() if v > 0]
     extra = ""
     if shares.get("nuclei", 0) > 0 and packed > 0:
         extra = (f"; {round(100 * packed)}% of the nuclei images are packed colonies (touching "
@@ -130,13 +140,16 @@ def _pool_sample(job: tuple[str, Any, dict[str, Any]]) -> tuple[np.ndarray, np.n
 
 
 def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = None,
-                  packed: float = PACKED_SHARE
+                  packed: float = PACKED_SHARE, radius: tuple[float, float] = POOL_RADIUS,
+                  photons: tuple[float, float] | None = POOL_PHOTONS
                   ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """The seeded pool of synthetic training images and labels.
 
     A share ``packed`` of the nuclei images are packed colonies (see
     :data:`PACKED_TOUCHING`, :data:`PACKED_DENSITY`); the others take every
-    generator default.
+    generator default. Nuclei images draw their typical radius in ``radius`` and,
+    when ``photons`` is given, their photon count log-uniformly in it (else the
+    generator's range); without ``photons`` the pool is the one earlier models had.
     """
     shares = POOL_SHARES if shares is None else shares
     root = np.random.SeedSequence(seed)
@@ -149,7 +162,10 @@ def training_pool(n_images: int, seed: int, shares: dict[str, float] | None = No
         for _ in range(counts[kind]):
             kw: dict[str, Any] = {"dtype": DTYPES[int(g.integers(len(DTYPES)))]}
             if kind == "nuclei":
-                kw["radius"] = (4.0, 26.0)
+                kw["radius"] = tuple(float(r) for r in radius)
+                if photons is not None:
+                    kw["photons"] = float(np.exp(g.uniform(np.log(photons[0]),
+                                                           np.log(photons[1]))))
                 if g.random() < packed:
                     kw.update(layout="clustered", touching=float(g.uniform(*PACKED_TOUCHING)),
                               density=float(g.uniform(*PACKED_DENSITY)))
@@ -194,6 +210,10 @@ def recipe(a: argparse.Namespace) -> str:
             f"--patch {a.patch} --batch {a.batch} --lr {a.lr} --scale {a.scale[0]} {a.scale[1]} "
             f"--rotation {a.rotation} --validate-every {a.validate_every} --seed {a.seed} "
             f"--threads {a.threads} --device {a.device}"
+            + (f" --radius {a.radius[0]:g} {a.radius[1]:g}"
+               if tuple(getattr(a, "radius", POOL_RADIUS)) != POOL_RADIUS else "")
+            + (f" --photons {a.photons[0]:g} {a.photons[1]:g}"
+               if getattr(a, "photons", None) else "")
             + (f" --max-time {a.max_time:g}" if getattr(a, "max_time", None) else "")
             + (f" --start {a.start}" if getattr(a, "start", None) else ""))
 
@@ -452,7 +472,8 @@ def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
     return {
         "name": "default",
         "description": description(shares, a.target_mode),
-        "trained_on": trained_on(shares, a.packed, tuple(a.scale)),
+        "trained_on": trained_on(shares, a.packed, tuple(a.scale), tuple(a.radius),
+                                 None if a.photons is None else tuple(a.photons)),
         "recipe": recipe(a),
         "hardware": _hardware(),
         "torch": torch.__version__,
@@ -470,7 +491,9 @@ def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
 def cmd_train(a: argparse.Namespace) -> int:
     _set_threads(a)
     t0 = time.perf_counter()
-    images, labels, counts = training_pool(a.images, a.seed, _shares(a), a.packed)
+    images, labels, counts = training_pool(a.images, a.seed, _shares(a), a.packed,
+                                           tuple(a.radius),
+                                           None if a.photons is None else tuple(a.photons))
     print(f"pool: {len(images)} images {counts} in {time.perf_counter() - t0:.1f} s", flush=True)
     start = load_model(a.start) if a.start else None  # training works on a copy of it
     best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume, start)
@@ -532,7 +555,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if a.evaluate_only:
             continue
         if pool is None:
-            pool = training_pool(a.images, a.seed, _shares(a), a.packed)
+            pool = training_pool(a.images, a.seed, _shares(a), a.packed, tuple(a.radius),
+                                 None if a.photons is None else tuple(a.photons))
             print(f"pool: {len(pool[0])} images {pool[2]}", flush=True)
         a.target_mode = mode
         ckpt = folder / "ckpt"
@@ -711,6 +735,12 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    metavar=("LOW", "HIGH"), help="zoom range of the augmentation")
     p.add_argument("--rotation", type=float, default=PRETRAIN_ROTATION,
                    help="largest free rotation (degrees) on top of the 90-degree turns")
+    p.add_argument("--radius", type=float, nargs=2, default=POOL_RADIUS, metavar=("LOW", "HIGH"),
+                   help="nuclear radius range (pixels) of the pool's nuclei images")
+    p.add_argument("--photons", type=float, nargs=2, default=POOL_PHOTONS,
+                   metavar=("LOW", "HIGH"),
+                   help="photon range (log-uniform) of the pool's nuclei images "
+                        "(default: the generator's, 10-3000)")
     p.add_argument("--validate-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=2015)
     p.add_argument("--max-time", type=float, default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -86,3 +87,28 @@ def test_hysteresis_prototype_splits_a_weak_bridge_that_growing_keeps(pretrain):
     assert cells[5, 10] in (cells[5, 5], cells[5, 15]), "the bridge goes to a neighbour"
     assert (cells[p[1] < 0.5] == 0).all(), "nothing grows into the background"
     assert cells[15, 25] == 0
+
+
+def test_pool_radius_and_photon_ranges_are_drawn_and_recorded(pretrain, monkeypatch):
+    drawn = []
+    real = pretrain._pool_sample
+
+    def spy(job):
+        drawn.append(job[2])
+        return real((job[0], job[1], {**job[2], "radius": (4.0, 5.0)}))  # small, fast images
+
+    monkeypatch.setattr(pretrain, "POOL_SHAPE", (48, 48))
+    monkeypatch.setattr(pretrain, "_pool_sample", spy)
+    images, _, _ = pretrain.training_pool(6, seed=3)
+    assert all(kw["radius"] == (4.0, 26.0) and "photons" not in kw for kw in drawn)
+    drawn.clear()
+    again, _, _ = pretrain.training_pool(6, seed=3, radius=(3.0, 26.0), photons=(3.0, 3000.0))
+    assert all(kw["radius"] == (3.0, 26.0) and 3.0 <= kw["photons"] <= 3000.0 for kw in drawn)
+    assert len({round(kw["photons"]) for kw in drawn}) == len(drawn)  # drawn per image
+    text = pretrain.trained_on({"nuclei": 1.0}, 0.5, (0.7, 1.4), (3.0, 26.0), (3.0, 3000.0))
+    assert "radius 3-26 px" in text and "3-3000 photons" in text
+    args = argparse.Namespace(
+        steps=10, images=6, shares=None, packed=0.5, target_mode="binary", patch=192, batch=4,
+        lr=3e-3, scale=(0.7, 1.4), rotation=45.0, validate_every=500, seed=3, threads=0,
+        device="auto", radius=(3.0, 26.0), photons=(3.0, 3000.0))
+    assert "--radius 3 26 --photons 3 3000" in pretrain.recipe(args)
