@@ -25,6 +25,7 @@ from napari_unet.core.training import (
 )
 from napari_unet.core.training.loop import Trainer
 from napari_unet.core.training.setup import io_shapes
+from napari_unet.core.training.validate import clear_margin
 from napari_unet.core.weightmap import IGNORE_INDEX
 
 
@@ -112,26 +113,43 @@ def test_validation_holds_out_whole_cells_of_a_stack():
     assert result.model.metadata["training"]["val_cells"] == result.val_cells
 
 
-def test_a_model_is_kept_only_when_no_worse_in_f1_and_in_loss(nuclei, monkeypatch):
-    # scripted validations (loss, F1), one per step: the rule, not the network, is tested
-    script = [(0.30, 0.50), (0.25, 0.60), (0.27, 0.70), (0.24, 0.60), (0.26, 0.90)]
-    calls = []
+@pytest.mark.parametrize("start", ["trained", "new"])
+def test_which_model_is_kept(nuclei, monkeypatch, start):
+    # scripted validations (loss, F1): the rule, not the network, is tested; m is two
+    # cells' worth of F1 on the held-out cells
+    script, calls = [], []
 
     def scripted(model, windows, device, grow, notify):
         yield notify("validating")
-        calls.append(len(calls) + 1)
-        return script[len(calls) - 1]
+        if not script:
+            m = clear_margin(sum(w.n_cells for w in windows))
+            assert 0 < m <= 0.3
+            script.extend([(0.30, 0.10), (0.25, 0.10 + m / 2), (0.27, 0.10 + m),
+                           (0.24, 0.10 + m / 2), (0.40, 0.10 + 2.1 * m), (0.45, 0.10 + 2.5 * m)])
+        calls.append(script[len(calls)])
+        return calls[-1]
 
     monkeypatch.setattr(loop, "validate", scripted)
+    model = tiny()
+    if start == "trained":
+        model.metadata = {"name": "trained"}  # validated before the first step
     images, labels = nuclei
     result = run_to_completion(iter_train(
-        images, labels, tiny(), max_steps=5, validate_every=1, validation=0.3, patch_shape=32,
-        batch_size=1, device="cpu", seed=0, report_interval=0))
-    assert calls == [1, 2, 3, 4, 5]
-    # step 3 wins a cell but fits the held-out pixels worse; step 4 fits them better with
-    # the same F1; step 5 is better in F1 only
-    assert result.best_step == 4 and result.best_val_f1 == 0.60
-    assert [r.best_val_f1 for r in result.history] == [0.50, 0.60, 0.60, 0.60, 0.60]
+        images, labels, model, max_steps=6 - (start == "trained"), validate_every=1,
+        validation=0.3, patch_shape=32, batch_size=1, device="cpu", seed=0, report_interval=0))
+    assert len(calls) == 6
+    assert clear_margin(result.val_cells) == pytest.approx((calls[1][1] - 0.1) * 2)
+    kept = [r.best_val_f1 for r in result.history]
+    if start == "trained":
+        # 1: a cell more and a lower loss; 2: a cell more but a worse fit; 3: the F1 of 1 and
+        # a better fit; 4: clearly more cells, with a worse fit; 5: less than two cells more
+        # than 4 and a worse fit
+        assert result.start_val_f1 == calls[0][1]
+        assert result.best_step == 4 and result.best_val_f1 == calls[4][1]
+        assert kept == [calls[k][1] for k in (1, 1, 3, 4, 4)]
+    else:  # a new network: the higher F1 wins
+        assert result.best_step == 6 and result.best_val_f1 == calls[5][1]
+        assert kept == [calls[k][1] for k in (0, 1, 2, 2, 4, 5)]
 
 
 # ------------------------------------------------------------- cancel and resume

@@ -1,8 +1,8 @@
 """How a training run ended, in numbers: which model was kept, and against what start.
 
-A run keeps a model only when it is no worse than the kept one on the held-out
-cells, in F1 and in loss, so the kept model is never worse than the starting
-model *on the held-out cells*; but the last steps may
+A run keeps a model only when it is better than the kept one on the held-out
+cells (:func:`~napari_unet.core.training.validate.is_better`), so the kept model
+is never worse than the starting model *on the held-out cells*; but the last steps may
 be, and a run that never beat its start keeps the start. :func:`summarize_run`
 sets these facts side by side for a truthful report (the GUI's status line).
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from .training.validate import clear_margin
 
 __all__ = ["RunSummary", "summarize_run", "WORSE_BY"]
 
@@ -74,7 +76,8 @@ def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0)
 
     A kept model counts as *improved* on a fine-tuned start only when its
     validation F1 beats the start's by more than chance: more than two cells'
-    worth (``2 / n`` for the ``n`` held-out cells the engine reports).
+    worth (:func:`~napari_unet.core.training.validate.clear_margin` of the ``n``
+    held-out cells the engine reports).
     """
     validated: dict[int, Any] = {}
     for rec in [*records, *getattr(result, "history", [])]:
@@ -95,7 +98,7 @@ def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0)
     if kept is None:  # never validated: a complete run is taken on trust
         improved = changed and result.stopped_reason in ("max_steps", "max_time")
     else:  # an equal F1 (say 1.00 on a few cells) is no evidence of a better model
-        margin = 2.0 / cells if cells else 0.0
+        margin = clear_margin(cells)
         improved = changed and (start_f1 is None or (
             kept_f1 is not None and kept_f1 > start_f1 + margin))
     worse = start_f1 is not None and last_f1 is not None and last_f1 < start_f1 - WORSE_BY

@@ -22,12 +22,13 @@ What happens in a run
    Out-of-memory errors halve the batch, then the patch, and training goes on
    (:class:`~napari_unet.core.memory.Backoff`).
 4. **Validation** (:mod:`.validate`): the held-out cells are segmented as
-   :func:`~napari_unet.segment` would; a model is kept when it is no worse than
-   the kept one in F1 and in validation loss and better in one
-   (:func:`~napari_unet.core.training.validate.is_better`), and the last kept
-   model is the result. A trained model being fine-tuned is
-   validated before the first step, so training never returns something worse
-   than it started from.
+   :func:`~napari_unet.segment` would. A new network keeps the model with the
+   best F1 (ties: lower validation loss); a fine-tuned trained model is replaced
+   only by a model whose F1 is clearly better, or that is no worse in F1 and in
+   validation loss and better in one
+   (:func:`~napari_unet.core.training.validate.is_better`). A trained model
+   being fine-tuned is validated before the first step, so training never
+   returns something worse than it started from.
 
 Cancelling
 ----------

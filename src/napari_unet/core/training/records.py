@@ -86,10 +86,11 @@ class TrainResult:
     Attributes
     ----------
     model : UNet
-        The kept model: the last validated model that was no worse than the one
-        kept before it in validation F1 and in validation loss, and better in one
-        (:func:`~napari_unet.core.training.validate.is_better`), or the final
-        model when there was no validation; on the CPU, in evaluation
+        The kept model: the last validated model that was better than the one
+        kept before it (:func:`~napari_unet.core.training.validate.is_better`:
+        for a fine-tuned trained model, clearly better in F1, or no worse in F1
+        and in validation loss and better in one; for a new network, the best F1),
+        or the final model when there was no validation; on the CPU, in evaluation
         mode, with ``metadata["target"]`` and ``metadata["training"]`` set.
     history : list of TrainProgress
         The training records reported (``phase == "train"``): one per step with
