@@ -61,6 +61,7 @@ from napari_unet.core.decode import grow_cells
 from napari_unet.core.split import SPLIT_DEPTH
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
+from napari_unet.core.training.validate import is_better
 
 #: The training pool: (kind, share of the images, generator arguments drawn per image).
 POOL_SHARES = {"nuclei": 1.0, "membranes": 0.0, "phase": 0.0}  # --shares changes it
@@ -635,6 +636,17 @@ def _annotated_rows(labels: np.ndarray, n_cells: int) -> int:
     return int(ends[min(n_cells, ends.size) - 1]) + 1
 
 
+def keep_by_rule(checks: list[tuple[int, float, float, float]], cells: int | None,
+                 fine_tuning: bool) -> tuple[int, float, float, float]:
+    """The check a run keeps under the engine's rule (:func:`is_better`), from the
+    ``(step, val F1, val loss, test F1)`` of every check, the start's first."""
+    kept = checks[0]
+    for c in checks[1:]:
+        if is_better(c[1], c[2], kept[1], kept[2], cells, fine_tuning=fine_tuning):
+            kept = c
+    return kept
+
+
 def cmd_finetune(a: argparse.Namespace) -> int:
     """Out of the box vs fine-tuned on a few dozen cells vs a new network, same budget."""
     pretrained = load_model(a.model)
@@ -658,13 +670,19 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                   test: slice = test) -> float:
             return metrics.match(truth[test], segment(image, model)[test], 0.5).f1
 
-        row, kept = [score(pretrained)], []
+        row, kept, checks = [score(pretrained)], [], []
         for start in (pretrained, None):
+            if start is None and a.trajectory:
+                row.append(float("nan"))
+                kept.append("not trained (--trajectory)")
+                break
             gen = iter_train(image, labels, start if start is not None else new_model(),
                              regions=[region], max_time=a.seconds, seed=a.seed,
                              lr=a.lr if start is not None else None)
-            for _ in gen:
-                pass
+            for rec in gen:
+                if a.trajectory and rec.val_f1 is not None and rec.phase == "train":
+                    # the weights just checked (no step runs before the next record)
+                    checks.append((rec.step, rec.val_f1, rec.val_loss, gen.current_model()))
             row.append(score(gen.result.model))
             r = gen.result
             start_f1 = "-" if r.start_val_f1 is None else f"{r.start_val_f1:.2f}"
@@ -674,6 +692,17 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         n_test = np.count_nonzero(np.unique(truth[test]))
         print(f"{name:28s} {inside.size:5d} {n_test:5d} {row[0]:10.3f} {row[1]:10.3f} "
               f"{row[2]:8.3f}   kept: fine-tuned {kept[0]}; new net {kept[1]}", flush=True)
+        if a.trajectory and checks:
+            scored = [(step, vf, vl, score(m)) for step, vf, vl, m in checks]
+            for step, vf, vl, tf in scored:
+                print(f"    check at step {step:4d}: val F1 {vf:.3f}  val loss {vl:.4f}  "
+                      f"test F1 {tf:.3f}")
+            cells = gen.result.val_cells if start is not None else None
+            by_f1 = keep_by_rule(scored, cells, fine_tuning=False)
+            by_rule = keep_by_rule(scored, cells, fine_tuning=True)
+            print(f"    out of the box {row[0]:.3f}; kept by the highest F1: step {by_f1[0]} "
+                  f"(test {by_f1[3]:.3f}); kept by the rule: step {by_rule[0]} (test "
+                  f"{by_rule[3]:.3f}); best check {max(c[3] for c in scored):.3f}", flush=True)
     return 0
 
 
@@ -819,6 +848,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--size", type=int, default=1024)
     f.add_argument("--seed", type=int, default=11)
     f.add_argument("--only", nargs="*", help="run only these conditions (by name)")
+    f.add_argument("--trajectory", action="store_true",
+                   help="score every checked model of the fine-tuning run on the test cells, "
+                        "and say which one each keep rule would keep (no new network)")
     f.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of the fine-tuning (default: the engine's)")
     f.set_defaults(func=cmd_finetune)

@@ -379,7 +379,8 @@ def _train_locked(args: argparse.Namespace, out: Path, max_steps: int | None,
         print(f"napari-unet train: {kept} appeared during training; the new model is "
               f"written to {out} instead", file=sys.stderr)
     f1 = "" if result.best_val_f1 is None else (
-        f"; best validation F1 {result.best_val_f1:.3f} at step {result.best_step}")
+        f"; kept the model of step {result.best_step} (validation F1 "
+        f"{result.best_val_f1:.3f})")
     print(f"trained {result.steps} steps in {result.seconds:.0f} s "
           f"({'interrupted' if interrupted else result.stopped_reason}){f1} -> {out}")
     return 130 if interrupted else 0
