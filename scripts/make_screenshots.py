@@ -32,6 +32,8 @@ def main() -> None:
     from qtpy.QtGui import QMouseEvent
     from qtpy.QtWidgets import QApplication, QDockWidget, QWidget
 
+    from napari_unet._widgets._common import camera_of
+
     app = napari.qt.get_qapp()
 
     def pump(seconds: float = 0.3) -> None:
@@ -67,7 +69,7 @@ def main() -> None:
     def drag(viewer: napari.Viewer, layer, points) -> None:
         """A mouse drag on the canvas through data points (row, col) of ``layer``."""
         target = canvas()
-        cam = viewer.camera
+        cam = camera_of(viewer)
         h, w = viewer.canvas.size
 
         def at(p):
@@ -117,8 +119,8 @@ def main() -> None:
 
     truth = sample_with_truth()[1]
     _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
-    viewer.camera.center = (298, 196)
-    viewer.camera.zoom = 3.2
+    camera_of(viewer).center = (298, 196)
+    camera_of(viewer).zoom = 3.2
     pump(0.5)
     click(annotate.preview)
     labels.brush_size = 10

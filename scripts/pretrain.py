@@ -671,6 +671,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             return metrics.match(truth[test], segment(image, model)[test], 0.5).f1
 
         row, kept, checks = [score(pretrained)], [], []
+        ft_cells: int | None = None
         for start in (pretrained, None):
             if start is None and a.trajectory:
                 row.append(float("nan"))
@@ -685,6 +686,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                     checks.append((rec.step, rec.val_f1, rec.val_loss, gen.current_model()))
             row.append(score(gen.result.model))
             r = gen.result
+            if start is not None:
+                ft_cells = r.val_cells  # the fine-tuned run's held-out cells
             start_f1 = "-" if r.start_val_f1 is None else f"{r.start_val_f1:.2f}"
             kept.append(f"step {r.best_step}/{r.steps}" + (
                 "" if r.best_val_f1 is None else f" (val F1 {r.best_val_f1:.2f} on "
@@ -697,7 +700,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             for step, vf, vl, tf in scored:
                 print(f"    check at step {step:4d}: val F1 {vf:.3f}  val loss {vl:.4f}  "
                       f"test F1 {tf:.3f}")
-            cells = gen.result.val_cells if start is not None else None
+            cells = ft_cells
             by_f1 = keep_by_rule(scored, cells, fine_tuning=False)
             by_rule = keep_by_rule(scored, cells, fine_tuning=True)
             print(f"    out of the box {row[0]:.3f}; kept by the highest F1: step {by_f1[0]} "

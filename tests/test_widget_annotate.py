@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gui import click, drag
+from gui import camera, click, drag
 
 from napari_unet.core.weightmap import border_term, carve_gaps
 
@@ -72,13 +72,13 @@ def test_new_cell_makes_the_next_drag_paint(make_napari_viewer, qtbot):
     w = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")[1]
     labels.mode = "pan_zoom"
     qtbot.wait(100)
-    center = tuple(viewer.camera.center)
+    center = tuple(camera(viewer).center)
     click(qtbot, w.new_cell)
     assert viewer.layers.selection.active == labels and labels.mode == "paint"
     labels.brush_size = 6
     drag(qtbot, viewer, labels, [(50, 30), (50, 60)])
     assert (np.asarray(labels.data) == 1).sum() > 100
-    assert tuple(viewer.camera.center) == center
+    assert tuple(camera(viewer).center) == center
 
 
 def test_preview_shows_the_ridge_between_touching_cells(make_napari_viewer, qtbot):

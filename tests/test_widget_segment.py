@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import disks_image
+from gui import camera
 
 from napari_unet import UNet, save_model
 
@@ -156,7 +157,7 @@ def test_visible_region_is_what_the_canvas_shows(make_napari_viewer, passthrough
     w.probabilities.value = True
     w.min_size.value = 0
     viewer.reset_view()
-    cam = viewer.camera
+    cam = camera(viewer)
     cam.zoom = cam.zoom * zoom
     cam.center = (cam.center[-2] + pan[0], cam.center[-1] + pan[1])
     qtbot.wait(300)
