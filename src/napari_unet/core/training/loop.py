@@ -222,7 +222,7 @@ class Trainer:
         def keep_if_better(val_loss: float, val_f1: float) -> None:
             if self.best is None or is_better(
                     val_f1, val_loss, self.best["val_f1"], self.best["val_loss"],
-                    self.val_cells, fine_tuning=self.start_val_f1 is not None):
+                    self.val_cells, fine_tuning=bool(self.start_model.metadata)):
                 self.best = {"state_dict": self._snapshot(), "val_f1": val_f1,
                              "val_loss": val_loss, "step": st["step"]}
                 if ckpt_dir is not None:
