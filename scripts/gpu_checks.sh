@@ -68,10 +68,12 @@ segment-pretrain)
     stage test_cuda 170 $PY -m pytest -p no:cacheprovider -q tests/test_cuda.py
     # one run at a time: two runs sharing an H100 made 5-6 steps/s each, where the run that
     # made default.pt alone on an H200 made 20 (not diagnosed further)
+    # POOL_OPTS widens the pool, e.g. POOL_OPTS="--radius 3 26 --photons 3 3000"
+    read -ra POOL <<<"${POOL_OPTS:-}"
     stage pretrain $((seconds + 150)) $PY scripts/pretrain.py train -o "$OUT/model.pt" \
         --steps 20000 --max-time "$seconds" --packed 0.5 --patch 256 --batch 16 --rotation 45 \
         --validate-every 1000 --threads 8 --device cuda --eval-images 6 --images 600 \
-        --scale 0.7 1.4 --lr 0.003 --seed 2017 --checkpoint-dir /tmp/ckpt-pretrain
+        --scale 0.7 1.4 --lr 0.003 --seed 2017 --checkpoint-dir /tmp/ckpt-pretrain "${POOL[@]}"
     ;;
 *)
     echo "usage: $0 checks | pretrain STEPS SECONDS | segment-pretrain SECONDS" >&2
