@@ -431,6 +431,12 @@ def _shares(a: argparse.Namespace) -> dict[str, float]:
     return {k: v / total for k, v in shares.items()}
 
 
+def _pool_ranges(a: argparse.Namespace
+                 ) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    """The pool's radius and photon ranges (``--radius``, ``--photons``) as tuples."""
+    return tuple(a.radius), None if a.photons is None else tuple(a.photons)
+
+
 def _set_threads(a: argparse.Namespace) -> None:
     if getattr(a, "threads", 0):
         torch.set_num_threads(int(a.threads))
@@ -473,8 +479,7 @@ def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
     return {
         "name": "default",
         "description": description(shares, a.target_mode),
-        "trained_on": trained_on(shares, a.packed, tuple(a.scale), tuple(a.radius),
-                                 None if a.photons is None else tuple(a.photons)),
+        "trained_on": trained_on(shares, a.packed, tuple(a.scale), *_pool_ranges(a)),
         "recipe": recipe(a),
         "hardware": _hardware(),
         "torch": torch.__version__,
@@ -493,8 +498,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     _set_threads(a)
     t0 = time.perf_counter()
     images, labels, counts = training_pool(a.images, a.seed, _shares(a), a.packed,
-                                           tuple(a.radius),
-                                           None if a.photons is None else tuple(a.photons))
+                                           *_pool_ranges(a))
     print(f"pool: {len(images)} images {counts} in {time.perf_counter() - t0:.1f} s", flush=True)
     start = load_model(a.start) if a.start else None  # training works on a copy of it
     best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume, start)
@@ -556,8 +560,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if a.evaluate_only:
             continue
         if pool is None:
-            pool = training_pool(a.images, a.seed, _shares(a), a.packed, tuple(a.radius),
-                                 None if a.photons is None else tuple(a.photons))
+            pool = training_pool(a.images, a.seed, _shares(a), a.packed, *_pool_ranges(a))
             print(f"pool: {len(pool[0])} images {pool[2]}", flush=True)
         a.target_mode = mode
         ckpt = folder / "ckpt"
@@ -700,9 +703,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             for step, vf, vl, tf in scored:
                 print(f"    check at step {step:4d}: val F1 {vf:.3f}  val loss {vl:.4f}  "
                       f"test F1 {tf:.3f}")
-            cells = ft_cells
-            by_f1 = keep_by_rule(scored, cells, fine_tuning=False)
-            by_rule = keep_by_rule(scored, cells, fine_tuning=True)
+            by_f1 = keep_by_rule(scored, ft_cells, fine_tuning=False)
+            by_rule = keep_by_rule(scored, ft_cells, fine_tuning=True)
             print(f"    out of the box {row[0]:.3f}; kept by the highest F1: step {by_f1[0]} "
                   f"(test {by_f1[3]:.3f}); kept by the rule: step {by_rule[0]} (test "
                   f"{by_rule[3]:.3f}); best check {max(c[3] for c in scored):.3f}", flush=True)

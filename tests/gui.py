@@ -10,6 +10,8 @@ from qtpy.QtCore import QEvent, QPoint, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtWidgets import QApplication, QComboBox, QDockWidget, QPushButton, QWidget
 
+from napari_unet._widgets._common import camera_of as camera  # the widgets' own
+
 
 def canvas_widget(viewer: Any) -> QWidget:
     """The Qt widget of the (shown) viewer's canvas, found through Qt, not napari internals."""
@@ -27,10 +29,6 @@ def dock_of(widget: Any) -> QDockWidget:
     assert w is not None, "the widget is not docked"
     return w
 
-
-def camera(viewer: Any) -> Any:
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
 
 
 def canvas_point(viewer: Any, layer: Any, data_point: Any) -> QPointF:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .training.validate import clear_margin
+from .training.validate import clearly_better
 
 __all__ = ["RunSummary", "summarize_run", "WORSE_BY"]
 
@@ -76,8 +76,8 @@ def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0)
 
     A kept model counts as *improved* on a fine-tuned start only when its
     validation F1 beats the start's by more than chance: more than two cells'
-    worth (:func:`~napari_unet.core.training.validate.clear_margin` of the ``n``
-    held-out cells the engine reports).
+    worth (:func:`~napari_unet.core.training.validate.clearly_better`, for the
+    ``n`` held-out cells the engine reports).
     """
     validated: dict[int, Any] = {}
     for rec in [*records, *getattr(result, "history", [])]:
@@ -98,9 +98,8 @@ def summarize_run(result: Any, records: Iterable[Any] = (), start_step: int = 0)
     if kept is None:  # never validated: a complete run is taken on trust
         improved = changed and result.stopped_reason in ("max_steps", "max_time")
     else:  # an equal F1 (say 1.00 on a few cells) is no evidence of a better model
-        margin = clear_margin(cells)
         improved = changed and (start_f1 is None or (
-            kept_f1 is not None and kept_f1 > start_f1 + margin))
+            kept_f1 is not None and clearly_better(kept_f1, start_f1, cells)))
     worse = start_f1 is not None and last_f1 is not None and last_f1 < start_f1 - WORSE_BY
     return RunSummary(
         stopped_reason=str(result.stopped_reason), steps=int(result.steps),

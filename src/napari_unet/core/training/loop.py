@@ -113,6 +113,13 @@ class Trainer:
         return None if self.set is None else self.set.val_cells
 
     @property
+    def fine_tunes(self) -> bool:
+        """Training starts from a trained model: it is validated before the first step, and
+        only a better model replaces it
+        (:func:`~napari_unet.core.training.validate.is_better` with ``fine_tuning``)."""
+        return bool(self.start_model.metadata)
+
+    @property
     def n_planes(self) -> int:
         return 0 if self.set is None else self.set.n_planes
 
@@ -222,7 +229,7 @@ class Trainer:
         def keep_if_better(val_loss: float, val_f1: float) -> None:
             if self.best is None or is_better(
                     val_f1, val_loss, self.best["val_f1"], self.best["val_loss"],
-                    self.val_cells, fine_tuning=bool(self.start_model.metadata)):
+                    self.val_cells, fine_tuning=self.fine_tunes):
                 self.best = {"state_dict": self._snapshot(), "val_f1": val_f1,
                              "val_loss": val_loss, "step": st["step"]}
                 if ckpt_dir is not None:
@@ -258,7 +265,7 @@ class Trainer:
         try:
             # A trained model we fine-tune is validated first: if training never beats it,
             # it is what we return.
-            if windows and self.start_model.metadata and self.best is None:
+            if windows and self.fine_tunes and self.best is None:
                 vl, vf = yield from validation(record())
                 self.start_val_f1 = vf
                 self.best = {"state_dict": self._snapshot(), "val_f1": vf, "val_loss": vl,

@@ -29,8 +29,8 @@ from ..options import SegmentOptions
 from ..tiling import iter_predict_tiled, reflect_index
 from ..weightmap import IGNORE_INDEX, border_classes
 
-__all__ = ["ValWindow", "make_window", "validate", "is_better", "clear_margin", "CLEAR_CELLS",
-           "MIN_SIZE"]
+__all__ = ["ValWindow", "make_window", "validate", "is_better", "clearly_better",
+           "clear_margin", "CLEAR_CELLS", "MIN_SIZE"]
 
 #: Cells (true and predicted) smaller than this (pixels) are not counted.
 MIN_SIZE = 16
@@ -45,6 +45,12 @@ def clear_margin(cells: int | None) -> float:
     """How much higher a validation F1 on ``cells`` held-out cells must be to count as
     clearly better (0 when the number of cells is unknown)."""
     return CLEAR_CELLS / cells if cells else 0.0
+
+
+def clearly_better(f1: float, than: float, cells: int | None) -> bool:
+    """Whether a validation F1 on ``cells`` held-out cells beats ``than`` by more than
+    chance (by more than :func:`clear_margin`)."""
+    return f1 > than + clear_margin(cells)
 
 
 def is_better(val_f1: float, val_loss: float, kept_f1: float, kept_loss: float,
@@ -97,7 +103,7 @@ def is_better(val_f1: float, val_loss: float, kept_f1: float, kept_loss: float,
     """
     if not fine_tuning:
         return (val_f1, -val_loss) > (kept_f1, -kept_loss)
-    if val_f1 > kept_f1 + clear_margin(cells):
+    if clearly_better(val_f1, kept_f1, cells):
         return True
     no_worse = val_f1 >= kept_f1 and val_loss <= kept_loss
     return no_worse and (val_f1 > kept_f1 or val_loss < kept_loss)
