@@ -382,10 +382,22 @@ def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.n
     raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
 
 
+def segment_with(image: np.ndarray, model: Any, decoder: str, probs: Any = None
+                 ) -> tuple[np.ndarray, Any]:
+    """Labels of an image by one of :data:`DECODERS`, and its tiled prediction (``probs``,
+    made once and passed on to the next decoder). "grow" is what
+    :func:`napari_unet.segment` gives with every default, small cells included
+    (:func:`~napari_unet.core.cellsize.iter_segment_sized`)."""
+    if decoder == "grow":
+        return segment(image, model), probs
+    probs = predict_tiled(model, image) if probs is None else probs
+    return decode(probs, model, decoder), probs
+
+
 def heldout_f1(model: Any, decoders: tuple[str, ...] = ("grow",), n: int = 6, seed: int = 7,
                kinds: tuple[str, ...] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Instance F1 at IoU 0.5 (pooled over ``n`` images) per decoder, kind and condition;
-    each image is predicted once and decoded by every decoder."""
+    each image is segmented by :func:`segment_with`."""
     out: dict[str, dict[str, dict[str, float]]] = {d: {} for d in decoders}
     for kind, conditions in HELDOUT.items():
         if kinds is not None and kind not in kinds:
@@ -393,9 +405,10 @@ def heldout_f1(model: Any, decoders: tuple[str, ...] = ("grow",), n: int = 6, se
         for name, kw, _novel in conditions:
             counts = {d: [0, 0, 0] for d in decoders}
             for image, truth in heldout_images(kind, kw, n, seed):
-                probs = predict_tiled(model, image)
+                probs = None
                 for d in decoders:
-                    r = metrics.match(truth, decode(probs, model, d), 0.5)
+                    labels, probs = segment_with(image, model, d, probs)
+                    r = metrics.match(truth, labels, 0.5)
                     c = counts[d]
                     c[0], c[1], c[2] = c[0] + r.tp, c[1] + r.fp, c[2] + r.fn
             for d, (tp, fp, fn) in counts.items():
@@ -535,9 +548,10 @@ def real_f1(model: Any, pairs: list[tuple[str, str]], decoders: tuple[str, ...]
     counts = {d: [0, 0, 0] for d in decoders}
     for image_path, labels_path in pairs:
         image, truth = np.asarray(read_image(image_path)), np.asarray(read_image(labels_path))
-        probs = predict_tiled(model, image)
+        probs = None
         for d in decoders:
-            r = metrics.match(truth, decode(probs, model, d), 0.5)
+            labels, probs = segment_with(image, model, d, probs)
+            r = metrics.match(truth, labels, 0.5)
             c = counts[d]
             c[0], c[1], c[2] = c[0] + r.tp, c[1] + r.fp, c[2] + r.fn
     return {d: 2 * tp / max(2 * tp + fp + fn, 1) for d, (tp, fp, fn) in counts.items()}

@@ -175,3 +175,34 @@ def test_big_tiffs_are_read_window_by_window(tmp_path, net, model_file, monkeypa
                  str(tmp_path / "o.png"), "-q"]) == 0
     np.testing.assert_array_equal(read_image(tmp_path / "l.zarr")[...],
                                   segment(image, net, tile_shape=80))
+
+
+def test_small_cells_are_enlarged_in_tif_outputs_and_said(tmp_path, capsys):
+    """The CLI segments as ``segment`` does: small cells once more, enlarged, and says so;
+    ``--diameter 0`` keeps the image as it is, as does a block-by-block zarr output."""
+    net = passthrough_unet()
+    net.metadata = {"cell_diameter": 40.0}
+    model = save_model(net, tmp_path / "big_cells.pt")
+    image = np.zeros((96, 128), np.uint8)
+    for r in range(8, 90, 20):
+        for c in range(8, 120, 20):
+            image[r:r + 7, c:c + 7] = 200
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "small.tif", image)
+    assert main(["segment", str(folder), "-o", str(tmp_path / "auto"), "--model", str(model),
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "30 cells" in out and "enlarged ×2." in out and "small for this model" in out
+    auto = tifffile.imread(tmp_path / "auto" / "small_labels.tif")
+    assert (auto == segment(image, model)).all()
+    assert main(["segment", str(folder), "-o", str(tmp_path / "as_is"), "--model", str(model),
+                 "--diameter", "0", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "30 cells" in out and "small for this model" not in out
+    as_is = tifffile.imread(tmp_path / "as_is" / "small_labels.tif")
+    assert (as_is == segment(image, model, diameter=0)).all() and not (as_is == auto).all()
+    assert main(["segment", str(folder), "-o", str(tmp_path / "z"), "--format", "zarr",
+                 "--model", str(model), "-q"]) == 0
+    assert "small for this model" not in capsys.readouterr().out
+    assert (read_image(tmp_path / "z" / "small_labels.ome.zarr")[...] == as_is).all()

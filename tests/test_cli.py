@@ -29,7 +29,7 @@ def test_help_from_console_script():
     assert "segment" in out.stdout and "usage: napari-unet" in out.stdout
     out = subprocess.run([str(SCRIPT), "segment", "--help"], capture_output=True, text=True,
                          check=True)
-    for flag in ("--model", "--tile", "--device", "--overwrite", "-o", "--split"):
+    for flag in ("--model", "--tile", "--device", "--overwrite", "-o", "--split", "--diameter"):
         assert flag in out.stdout
     from napari_unet.core.split import SPLIT_DEPTH
 
@@ -87,7 +87,8 @@ def test_bad_settings_are_one_line_and_nothing_is_written(tmp_path, image_file, 
                          (["--grow", "-1"], "grow must be 0 or more"),
                          (["--min-size", "-3"], "min_size must be 0 or more"),
                          (["--block", "0"], "block_shape must be 1 or more"),
-                         (["--split", "1.5"], "split must be 0 (off) or a depth")]:
+                         (["--split", "1.5"], "split must be 0 (off) or a depth"),
+                         (["--diameter", "-3"], "diameter must be a number of pixels")]:
         err = run_failing(["segment", str(image_file), "-o", str(out), "--model",
                            str(model_file), *flags], capsys)
         assert words in err, err

@@ -65,3 +65,29 @@ def test_segments_new_synthetic_nuclei_out_of_the_box(dtype):
     result = nu.metrics.match(truth, labels)
     assert result.n_true > 15
     assert result.f1 > 0.8, result
+
+
+def test_small_nuclei_are_segmented_enlarged(default, tmp_path, capsys):
+    """Nuclei of radius 3-4 px, under half the model's cell size: segment tries them
+    enlarged, keeps the pass the network is surer of, and finds more of them."""
+    import tifffile
+
+    from napari_unet.core import run_to_completion
+    from napari_unet.core.cellsize import iter_segment_sized
+
+    image, truth = make_sample("nuclei", (192, 192), seed=4_242, radius=(3.0, 4.0))
+    as_is = nu.segment(image, default, diameter=0)
+    auto = run_to_completion(iter_segment_sized(image, default))
+    assert auto.scale > 1.4 and auto.labels.shape == image.shape
+    f1_as_is = nu.metrics.match(truth, as_is).f1
+    f1_auto = nu.metrics.match(truth, auto.labels).f1
+    assert f1_auto > f1_as_is + 0.05, (f1_as_is, f1_auto)
+    assert (nu.segment(image, default) == auto.labels).all()  # segment's default
+    tifffile.imwrite(tmp_path / "small.tif", image)
+    assert cli_main(["segment", str(tmp_path / "small.tif"), "-o", str(tmp_path / "l.tif"),
+                     "-q"]) == 0
+    assert "small for this model" in capsys.readouterr().out
+    assert (tifffile.imread(tmp_path / "l.tif") == auto.labels).all()
+    # nuclei of the model's own size are not tried enlarged
+    image, _ = make_sample("nuclei", (192, 192), seed=4_243, radius=(8.0, 12.0))
+    assert run_to_completion(iter_segment_sized(image, default)).scale == 1.0

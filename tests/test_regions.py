@@ -185,3 +185,63 @@ def test_user_models_are_renamed_and_deleted_safely(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="not a model in your models folder"):
             delete_model(packaged)
         assert packaged.exists()
+
+
+def test_small_cells_are_enlarged_and_mapped_back(one_torch_thread):
+    """The default ``diameter`` (None): cells much smaller than the model's are segmented
+    again, enlarged; 0 keeps the image as it is; a number rescales for that size."""
+    import dask.array as da
+    from blocks_helpers import passthrough_unet
+
+    from napari_unet.core._utils import run_to_completion
+    from napari_unet.core.blocks import iter_segment_blocks
+    from napari_unet.core.cellsize import auto_scale, iter_segment_sized, unsure_share
+    from napari_unet.core.segmentation import segment
+
+    net = passthrough_unet()
+    net.metadata = {"cell_diameter": 40.0}
+    image = np.zeros((96, 128), np.float32)
+    for r in range(8, 90, 20):
+        for c in range(8, 120, 20):
+            image[r:r + 7, c:c + 7] = 1  # 7 px squares: diameter 7.9, under half of 40
+    as_is = run_to_completion(iter_segment_blocks(image, net, min_size=16,
+                                                  probabilities=True))
+    factor = auto_scale(as_is.labels, net)
+    assert factor == pytest.approx(20.0 / median_cell_diameter(as_is.labels))
+    enlarged = run_to_completion(iter_segment_scaled(image, net, factor, min_size=16,
+                                                     probabilities=True))
+    assert enlarged.scale == pytest.approx(factor) and enlarged.labels.shape == image.shape
+    assert enlarged.n_cells == as_is.n_cells == 30
+    assert ((enlarged.labels > 0) == (image > 0)).mean() > 0.98  # the same cells, mapped back
+    # this network is as sure of the squares at their own size (probabilities 0 or 1) as
+    # enlarged: the image is kept as it is
+    assert unsure_share(as_is.probabilities, net) == 0.0
+    auto = run_to_completion(iter_segment_sized(image, net, min_size=16))
+    assert auto.scale == 1.0 and (auto.labels == as_is.labels).all()
+    assert auto.probabilities is None  # not asked for: the comparison's are dropped
+    # (the packaged model keeps small nuclei enlarged: test_default_model.py)
+    assert (segment(image, net, min_size=16) == auto.labels).all()  # segment's default
+    kept = run_to_completion(iter_segment_sized(image, net, min_size=16, diameter=0))
+    assert kept.scale == 1.0 and (kept.labels == as_is.labels).all()
+    told = run_to_completion(iter_segment_sized(image, net, min_size=16, diameter=10))
+    assert told.scale == 4.0 and told.n_cells == 30
+    lazy = run_to_completion(iter_segment_sized(da.from_array(image, chunks=64), net,
+                                                min_size=16))
+    assert lazy.scale == 1.0 and (np.asarray(lazy.labels) == as_is.labels).all()
+    big = np.kron(image, np.ones((4, 4), np.float32))  # 28 px cells: left as they are
+    assert run_to_completion(iter_segment_sized(big, net, min_size=16)).scale == 1.0
+    with pytest.raises(ValueError, match="in memory"):
+        segment(image, net, out=np.zeros(image.shape, np.int32), diameter=10)
+    with pytest.raises(ValueError, match="diameter must be a number"):
+        segment(image, net, diameter=-3)
+
+
+def test_median_cell_diameter_of_any_numbering():
+    labels = np.zeros((2, 40, 40), np.int64)
+    labels[0, :10, :10], labels[0, 20:25, 20:25] = 7, 2**40  # sparse, huge ids
+    labels[1, :4, :4] = 1
+    same = labels.copy()
+    same[0][same[0] == 2**40] = 3
+    expected = 2 * np.sqrt(np.median([100, 25, 16]) / np.pi)
+    assert median_cell_diameter(labels) == pytest.approx(expected)
+    assert median_cell_diameter(same) == pytest.approx(expected)

@@ -7,7 +7,7 @@ import pytest
 from conftest import disks_image
 from gui import camera
 
-from napari_unet import UNet, save_model
+from napari_unet import UNet, save_model, segment
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -297,3 +297,24 @@ def test_closing_the_viewer_while_segmenting_shows_no_error(make_napari_viewer, 
     assert QThreadPool.globalInstance().waitForDone(60_000)
     qtbot.wait(300)
     assert not [m for s, m in seen if s in ("error", "warning")], seen
+
+
+def test_small_nuclei_with_every_default(widget, qtbot):
+    """A first-time user with the packaged model and tiny nuclei: 'cell diameter' reads
+    'auto', the image is tried enlarged, and the status says it was."""
+    from napari_unet.core import checkpoints
+    from napari_unet.core.synthetic import make_sample
+
+    if checkpoints.packaged_model_path("default") is None:
+        pytest.skip("no packaged default model")
+    viewer, w = widget
+    image, truth = make_sample("nuclei", (192, 192), seed=4_242, radius=(3.0, 4.0))
+    viewer.add_image(image, name="small nuclei")
+    w.reset_choices()
+    w.model.value = checkpoints.packaged_model_path("default")  # the first choice
+    assert w.diameter.value == 0 and w.diameter.native.text() == "auto"
+    w.run()
+    wait_done(qtbot, w)
+    assert "small for this model" in w.status.value and "enlarged ×1." in w.status.value
+    found = np.asarray(viewer.layers[-1].data)
+    assert (found == segment(image, "default")).all()

@@ -53,7 +53,8 @@ class FileResult:
     n_cells: int = 0
     seconds: float = 0.0
     error: str = ""
-    #: how the image's axes were chosen, for images of 3 or more dimensions
+    #: how the image's axes were chosen, for images of 3 or more dimensions, and how it
+    #: was rescaled for its cells' size
     note: str = ""
 
     def summary(self) -> str:
@@ -173,6 +174,7 @@ def iter_segment_file(
     dask cluster.
     """
     from .core.blocks import iter_segment_blocks, plan_segmentation
+    from .core.cellsize import describe_scale, iter_segment_sized
     from .core.loading import load_model
     from .core.outputs import OutputSet, check_outputs
     from .io import create_ome_zarr, is_zarr, read_image, write_image, write_overlay
@@ -217,9 +219,17 @@ def iter_segment_file(
             probs_out = create_ome_zarr(tmp_probs, (net.n_classes, *spatial),
                                         plan.chunks((net.n_classes,)), np.float32, "c" + axes,
                                         labels=False, name=_stem(Path(probabilities)))
-        result = yield from iter_segment_blocks(
-            image, net, options, out=out, probabilities=probs_out, client=client, plan=plan,
-        )
+        if out is None and client is None and probs_out in (None, True):
+            # in memory: the cells' size may call for a rescaled second pass
+            result = yield from iter_segment_sized(image, net, options, probabilities=probs_out)
+        elif options.diameter:
+            raise ValueError("a cell diameter rescales the image in memory: write .tif "
+                             "outputs (not .zarr) without a cluster, or leave it unset")
+        else:
+            result = yield from iter_segment_blocks(
+                image, net, options, out=out, probabilities=probs_out, client=client,
+                plan=plan,
+            )
         if out is None:
             write_image(tmp_output, result.labels)
         if tmp_probs is not None and not is_zarr(probabilities):
@@ -227,6 +237,7 @@ def iter_segment_file(
         if tmp_overlay is not None:
             write_overlay(tmp_overlay, np.asarray(image), np.asarray(result.labels))
         outputs.commit()
+    note = "; ".join(n for n in (note, describe_scale(result.scale, options.diameter)) if n)
     return FileResult(str(input), str(output), "done", int(result.n_cells),
                       time.perf_counter() - start, note=note)
 

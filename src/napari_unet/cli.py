@@ -69,7 +69,8 @@ def _segment_options(args: argparse.Namespace) -> Any:
 
     return SegmentOptions(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
                           axes=args.axes, threshold=args.threshold, min_size=args.min_size,
-                          grow=args.grow, block_shape=args.block, split=args.split)
+                          grow=args.grow, block_shape=args.block, split=args.split,
+                          diameter=args.diameter)
 
 
 def _is_batch(args: argparse.Namespace) -> bool:
@@ -239,6 +240,11 @@ def _add_segment(sub: Any) -> None:
                    "centre must be, as a share of the cell's radius (default: the model's "
                    "choice, 0.35 for the packaged nuclei model and models trained from it; 0 "
                    "keeps every cell whole)")
+    p.add_argument("--diameter", type=float, metavar="PIXELS",
+                   help="the typical diameter of the cells, in pixels: the image is rescaled so "
+                   "that its cells get the model's size (default: automatic, cells that come "
+                   "out smaller than half the model's size are segmented again, enlarged; 0 "
+                   "segments the image as it is). Rescaling needs .tif outputs and no cluster")
     p.add_argument("--probabilities", help="also write the class probabilities here (a .tif or "
                    ".zarr file; a folder with several inputs)")
     p.add_argument("--overlay", help="also write a PNG picture of the labels over the image "

@@ -241,7 +241,8 @@ class LiveSession:
             return
         data = self.image.data[0] if self.image.multiscale else self.image.data
         run, device, step = self.run, self.device, self._step
-        options = SegmentOptions(device=device)
+        # the network as it is now, on the view: never a second, rescaled pass
+        options = SegmentOptions(device=device, diameter=0)
         h, w = spatial_shape(self.image)[-2:]
 
         def work():

@@ -30,7 +30,12 @@ from napari.utils.notifications import show_error, show_info
 from ..core import SegmentOptions, available_devices, load_model
 from ..core._utils import is_lazy_array
 from ..core.blocks import iter_segment_blocks
-from ..core.cellsize import iter_segment_scaled, model_cell_diameter_of, scale_for_cell_size
+from ..core.cellsize import (
+    describe_scale,
+    iter_segment_sized,
+    model_cell_diameter_of,
+    scale_for_cell_size,
+)
 from ..core.model import cell_probability
 from ..core.regions import lazy, pyramid, region_outputs
 from ..core.split import SPLIT_DEPTH
@@ -110,9 +115,9 @@ class SegmentWidget(Container):
                     "them; untick to keep every cell as the network found it")
         self.diameter = FloatSpinBox(
             label="cell diameter (px)", min=0, max=2000, step=1, value=0,
-            tooltip="the typical diameter of the cells in this image, in pixels: the image is "
-                    "rescaled so that its cells get the size the model learned. 0: use the "
-                    "image as it is")
+            tooltip=self._diameter_tip(None))
+        # 0 reads "auto": the image decides (cells small for the model are enlarged)
+        self.diameter.native.setSpecialValueText("auto")
         self.output = ComboBox(label="write into", choices=self._output_choices,
                                tooltip="a new Labels layer, or one of yours: the result is "
                                        "then written into it as one undoable step")
@@ -178,16 +183,19 @@ class SegmentWidget(Container):
             self.form.reset_choices()
 
     # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def _diameter_tip(size: float | None) -> str:
+        learned = "" if size is None else f" (this model learned cells of about {size:.0f} px)"
+        return ("the typical diameter of the cells in this image, in pixels: the image is "
+                f"rescaled so that its cells get the size the model learned{learned}. auto: "
+                "cells that come out smaller than half that size are segmented again, "
+                "enlarged; to use the image as it is, type the model's size")
+
     def _on_model_changed(self, value: Any) -> None:
         self.model_file.visible = value == NEW_FILE
         info = next((m for m in list_models() if m.path == value), None)
         size = None if info is None else model_cell_diameter_of(info.metadata)
-        learned = ("" if size is None else
-                   f" (this model learned cells of about {size:.0f} px)")
-        self.diameter.tooltip = (
-            "the typical diameter of the cells in this image, in pixels: the image is rescaled "
-            f"so that its cells get the size the model learned{learned}. 0: use the image as "
-            "it is")
+        self.diameter.tooltip = self._diameter_tip(size)
         if info is not None:  # on for models of touching nuclei (they record it), else off
             try:
                 self.split.value = SegmentOptions().split_for(info) > 0
@@ -252,7 +260,8 @@ class SegmentWidget(Container):
             source = self._model_path()
             model = load_model(source)
             self._check_tile(model)
-            factor = scale_for_cell_size(model, float(self.diameter.value) or None)
+            diameter = float(self.diameter.value) or None  # None: auto
+            factor = scale_for_cell_size(model, diameter)
             data, index = layer_region(self.viewer, layer, self.current_plane.value,
                                        self.visible_only.value)
         except (ValueError, OSError) as err:
@@ -273,7 +282,7 @@ class SegmentWidget(Container):
         lazy = target is None and is_lazy_layer(layer)
         if lazy and factor != 1.0:
             self._fail(f"'cell diameter' needs an image in memory, and '{layer.name}' is read "
-                       "from disk piece by piece: set the cell diameter to 0, or tick "
+                       "from disk piece by piece: set the cell diameter to auto, or tick "
                        "'visible region only' on a small part")
             return
         with_probs = self.probabilities.value
@@ -285,10 +294,12 @@ class SegmentWidget(Container):
             return
         options = SegmentOptions(tile_shape=self.tile.value or None, device=self.device.value,
                                  axes=axes, threshold=float(self.threshold.value),
-                                 min_size=int(self.min_size.value), split=split)
+                                 min_size=int(self.min_size.value), split=split,
+                                 diameter=diameter)
         context = {"layer": layer, "index": index, "output": target, "lazy": lazy,
                    "mode": self.mode.value, "probabilities": with_probs, "model": model,
-                   "name": model_label(model, source), "folder": None}
+                   "name": model_label(model, source), "folder": None,
+                   "diameter": diameter}
 
         def work():
             folder = Path(tempfile.mkdtemp(prefix="napari-unet-")) if lazy else None
@@ -301,12 +312,8 @@ class SegmentWidget(Container):
                                                             probabilities=probs)
                     atexit.register(shutil.rmtree, str(folder), True)
                     return result, labels, probs_full, folder
-                if factor != 1.0:
-                    result = yield from iter_segment_scaled(
-                        data, model, factor, options, probabilities=with_probs or None)
-                else:
-                    result = yield from iter_segment_blocks(
-                        data, model, options, probabilities=with_probs or None)
+                result = yield from iter_segment_sized(
+                    data, model, options, probabilities=with_probs or None)
                 return result, None, None, None
             except BaseException:  # cancelled or failed: leave nothing behind
                 if folder is not None:
@@ -316,7 +323,8 @@ class SegmentWidget(Container):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.done_units = 0
-        scale = "" if factor == 1.0 else f" (rescaled ×{factor:.2f} for the cell diameter)"
+        scale = describe_scale(factor, diameter)
+        scale = f" ({scale})" if scale else ""
         self.status.value = f"segmenting {layer.name} with {context['name']}{scale}…"
         self.pbar = cancelable_progress(total=0, desc=f"Segment layer: {layer.name}",
                                         cancel_callback=self.cancel)
@@ -435,6 +443,8 @@ class SegmentWidget(Container):
                                   blending="additive", contrast_limits=(0, 1),
                                   scale=layer.scale, translate=layer.translate)
         where = "" if target is None else f", written into {target.name}"
+        scale = describe_scale(segmentation.scale, ctx["diameter"])
+        where += f" ({scale})" if scale else ""
         self.status.value = f"{n_cells} cells found in {layer.name}{where}"
         show_info(f"napari-unet: {n_cells} cells found in {layer.name}")
 

@@ -108,6 +108,9 @@ class BlockSegmentation(NamedTuple):
     labels: Any
     probabilities: Any
     n_cells: int
+    #: the factor the image was rescaled by before segmenting (1.0: as it is), see
+    #: :func:`~napari_unet.core.cellsize.iter_segment_sized`
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = ["SegmentOptions", "SegmentProgress"]
@@ -95,6 +96,15 @@ class SegmentOptions:
         largest distance to its rim (:mod:`~napari_unet.core.split`); 0
         switches cutting off. None means the model's choice (:meth:`split_for`:
         on for the packaged nuclei model and models trained from it).
+    diameter : float, optional
+        The typical diameter of the cells, in pixels: the image is rescaled so
+        that its cells get the size the model was trained on, and the labels
+        come back at the image's size. None (the default) decides from the
+        image: cells that come out smaller than half the model's size are
+        segmented again, enlarged to that size; 0 segments the image as it
+        is. Rescaling needs the image and labels in memory; with an ``out``
+        array or a cluster the image is segmented as it is
+        (:func:`~napari_unet.core.cellsize.iter_segment_sized`).
 
     Examples
     --------
@@ -115,6 +125,7 @@ class SegmentOptions:
     grow: int | None = None
     block_shape: tuple[int, int] | None = None
     split: float | None = None
+    diameter: float | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the normalised values are set once, here
@@ -132,6 +143,12 @@ class SegmentOptions:
         put(self, "threshold", float(threshold))
         if self.split is not None:
             put(self, "split", split_depth("split", self.split))
+        if self.diameter is not None:
+            d = self.diameter
+            if isinstance(d, bool) or not isinstance(d, numbers.Real) or not (
+                    np.isfinite(d) and d >= 0):
+                raise ValueError(f"diameter must be a number of pixels (0: as it is), not {d}")
+            put(self, "diameter", float(d))
         if isinstance(self.device, torch.device):
             put(self, "device", str(self.device))
         if self.device is not None:

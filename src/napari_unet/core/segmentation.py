@@ -13,6 +13,7 @@ from typing import Any
 
 from ._utils import run_to_completion
 from .blocks import iter_segment_blocks
+from .cellsize import iter_segment_sized
 from .loading import load_model
 from .model import UNet
 from .options import SegmentOptions, SegmentProgress
@@ -40,9 +41,15 @@ def iter_segment(
     probabilities: Any = probabilities_out
     if probabilities is None and return_probabilities:
         probabilities = True
-    result = yield from iter_segment_blocks(
-        image, net, options, out=out, probabilities=probabilities, client=client,
-    )
+    if out is None and client is None and (probabilities is None or probabilities is True):
+        result = yield from iter_segment_sized(image, net, options, probabilities=probabilities)
+    elif options.diameter:
+        raise ValueError("a cell diameter rescales the image in memory: leave out out=, "
+                         "probabilities_out= and client=, or leave the diameter unset")
+    else:
+        result = yield from iter_segment_blocks(
+            image, net, options, out=out, probabilities=probabilities, client=client,
+        )
     if return_probabilities:
         return result.labels, result.probabilities
     return result.labels
@@ -99,7 +106,11 @@ def segment(
         :func:`probabilities_to_labels`; ``grow`` defaults to the model's
         training gap plus one); ``block_shape`` (output pixels per block,
         rounded down to whole tiles, default about 2048: what is held in memory
-        at once, and the unit of parallel work).
+        at once, and the unit of parallel work); ``split`` (cutting merged
+        nuclei apart); ``diameter`` (the cells' size in pixels: the image is
+        rescaled to the model's cell size; by default, cells that come out
+        smaller than half the model's are segmented again enlarged, see
+        :class:`SegmentOptions`; 0 segments the image as it is).
 
     Returns
     -------
