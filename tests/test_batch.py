@@ -177,9 +177,10 @@ def test_big_tiffs_are_read_window_by_window(tmp_path, net, model_file, monkeypa
                                   segment(image, net, tile_shape=80))
 
 
-def test_small_cells_are_enlarged_in_tif_outputs_and_said(tmp_path, capsys):
-    """The CLI segments as ``segment`` does: small cells once more, enlarged, and says so;
-    ``--diameter 0`` keeps the image as it is, as does a block-by-block zarr output."""
+def test_cell_diameter_in_tif_outputs_and_said(tmp_path, capsys):
+    """The CLI segments as ``segment`` does: ``--diameter`` rescales and says so; by default
+    the image is tried enlarged for small cells (kept as it is here: this network is no
+    surer of them enlarged); a block-by-block zarr output cannot be rescaled."""
     net = passthrough_unet()
     net.metadata = {"cell_diameter": 40.0}
     model = save_model(net, tmp_path / "big_cells.pt")
@@ -190,19 +191,18 @@ def test_small_cells_are_enlarged_in_tif_outputs_and_said(tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     tifffile.imwrite(folder / "small.tif", image)
+    assert main(["segment", str(folder), "-o", str(tmp_path / "told"), "--model", str(model),
+                 "--diameter", "10", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "30 cells" in out and "rescaled ×4.00 for the cell diameter" in out
+    told = tifffile.imread(tmp_path / "told" / "small_labels.tif")
+    assert (told == segment(image, model, diameter=10)).all()
     assert main(["segment", str(folder), "-o", str(tmp_path / "auto"), "--model", str(model),
                  "-q"]) == 0
     out = capsys.readouterr().out
-    assert "30 cells" in out and "enlarged ×2." in out and "small for this model" in out
+    assert "30 cells" in out and "rescaled" not in out and "small for this model" not in out
     auto = tifffile.imread(tmp_path / "auto" / "small_labels.tif")
     assert (auto == segment(image, model)).all()
-    assert main(["segment", str(folder), "-o", str(tmp_path / "as_is"), "--model", str(model),
-                 "--diameter", "0", "-q"]) == 0
-    out = capsys.readouterr().out
-    assert "30 cells" in out and "small for this model" not in out
-    as_is = tifffile.imread(tmp_path / "as_is" / "small_labels.tif")
-    assert (as_is == segment(image, model, diameter=0)).all() and not (as_is == auto).all()
     assert main(["segment", str(folder), "-o", str(tmp_path / "z"), "--format", "zarr",
-                 "--model", str(model), "-q"]) == 0
-    assert "small for this model" not in capsys.readouterr().out
-    assert (read_image(tmp_path / "z" / "small_labels.ome.zarr")[...] == as_is).all()
+                 "--model", str(model), "--diameter", "10", "-q"]) == 1
+    assert "failed: a cell diameter rescales the image in memory" in capsys.readouterr().out

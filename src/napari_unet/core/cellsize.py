@@ -35,6 +35,7 @@ __all__ = [
     "unsure_share",
     "AUTO_MAX_PIXELS",
     "SMALL_CELLS",
+    "LARGE_CELLS",
     "MAX_ENLARGE",
 ]
 
@@ -45,7 +46,11 @@ __all__ = [
 #: ×3, 0.76 ×3.5; see docs/models.md).
 SMALL_CELLS = 0.5
 
-#: The largest factor :func:`auto_scale` enlarges by (9 times the pixels).
+#: Cells whose median diameter comes out above this many times the model's are
+#: tried shrunk to that size (the same comparison decides which pass is kept).
+LARGE_CELLS = 2.0
+
+#: The largest factor :func:`auto_scale` enlarges (or shrinks) by.
 MAX_ENLARGE = 3.0
 
 #: Images of more pixels than this (4096²) are not tried enlarged: both passes'
@@ -197,34 +202,36 @@ def iter_segment_scaled(
 
 
 def auto_scale(labels: Any, model: UNet) -> float:
-    """The factor to enlarge an image by whose segmentation at its own size is ``labels``.
+    """The factor to rescale an image by whose segmentation at its own size is ``labels``.
 
-    1.0, unless the cells' median diameter (:func:`median_cell_diameter`) is
-    below :data:`SMALL_CELLS` of the model's (:func:`model_cell_diameter`):
-    then the factor that brings them to that size, at most
-    :data:`MAX_ENLARGE`. Large cells are left as they are: the network sees
-    them whole through its tiles' context (rescaling nuclei of 60-75 px down
-    to the model's size lost F1, 0.873 → 0.860). 1.0 also when the model does
-    not record its cell size or there are no cells.
+    1.0, unless the cells' median diameter (:func:`median_cell_diameter`) lies
+    outside :data:`SMALL_CELLS` .. :data:`LARGE_CELLS` times the model's
+    (:func:`model_cell_diameter`): then the factor that brings it to the
+    nearer bound, at most :data:`MAX_ENLARGE` either way. 1.0 also when the
+    model does not record its cell size or there are no cells.
 
     >>> net = UNet(depth=2, base_channels=4)
     >>> net.metadata["cell_diameter"] = 20.0
-    >>> labels = np.zeros((64, 64), np.int32)
+    >>> labels = np.zeros((200, 200), np.int32)
     >>> labels[10:15, 10:15], labels[30:35, 30:35] = 1, 2
     >>> round(auto_scale(labels, net), 2)  # 5.6 px cells, enlarged to 10 px
     1.77
     >>> labels[:, :] = 0; labels[10:30, 10:30] = 1
-    >>> auto_scale(labels, net)
+    >>> auto_scale(labels, net)  # 22.6 px: as they are
     1.0
+    >>> labels[:, :] = 0; labels[:80, :80] = 1
+    >>> round(auto_scale(labels, net), 2)  # 90 px cells, shrunk to 40 px
+    0.44
     """
     reference = model_cell_diameter(model)
     if reference is None:
         return 1.0
     found = median_cell_diameter(labels)
-    wanted = SMALL_CELLS * reference
-    if found <= 0 or found >= wanted:
+    low, high = SMALL_CELLS * reference, LARGE_CELLS * reference
+    if found <= 0 or low <= found <= high:
         return 1.0
-    return float(min(wanted / found, MAX_ENLARGE))
+    factor = (low if found < low else high) / found
+    return float(np.clip(factor, 1 / MAX_ENLARGE, MAX_ENLARGE))
 
 
 def iter_segment_sized(
