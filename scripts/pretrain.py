@@ -16,6 +16,12 @@ variations that were not in the training pool (sizes, noise, contrast)::
 
     python scripts/pretrain.py evaluate src/napari_unet/models/default.pt
 
+Cell size "auto" (segment's default: images whose cells come out far from the
+model's size are tried rescaled) against the image as it is, on nuclei far from
+the model's size, and how often the kept pass was the better one::
+
+    python scripts/pretrain.py sizes src/napari_unet/models/default.pt
+
 Fine-tuning check (a few dozen labelled cells of one new image, then F1 on the
 rest of it; compares out of the box, fine-tuned, and a new network)::
 
@@ -386,10 +392,11 @@ def segment_with(image: np.ndarray, model: Any, decoder: str, probs: Any = None
                  ) -> tuple[np.ndarray, Any]:
     """Labels of an image by one of :data:`DECODERS`, and its tiled prediction (``probs``,
     made once and passed on to the next decoder). "grow" is what
-    :func:`napari_unet.segment` gives with every default, small cells included
-    (:func:`~napari_unet.core.cellsize.iter_segment_sized`)."""
-    if decoder == "grow":
-        return segment(image, model), probs
+    :func:`napari_unet.segment` gives (its defaults, cell size included:
+    :func:`~napari_unet.core.cellsize.iter_segment_sized`; the threshold and the cut's
+    depth are ``evaluate``'s)."""
+    if decoder == "grow":  # evaluate's --threshold and --split, else segment's defaults
+        return segment(image, model, threshold=GROW_THRESHOLD, min_size=16, split=SPLIT), probs
     probs = predict_tiled(model, image) if probs is None else probs
     return decode(probs, model, decoder), probs
 
@@ -636,6 +643,65 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+#: Nuclei far from the packaged model's size, noisy or not (``sizes``): name, generator
+#: arguments, seeds.
+SIZE_CONDITIONS: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
+    ("radius 2.5-3 px", {"radius": (2.5, 3.0)}, (8,)),
+    ("radius 3-4 px", {"radius": (3.0, 4.0)}, (7, 8, 11)),
+    ("radius 4-5 px", {"radius": (4.0, 5.0)}, (8,)),
+    ("radius 5-7 px", {"radius": (5.0, 7.0)}, (8,)),
+    ("radius 7-10 px", {"radius": (7.0, 10.0)}, (8,)),
+    ("radius 3-4 px, packed", {"radius": (3.0, 4.0), "layout": "clustered", "touching": 1.0,
+                               "density": 0.5}, (8,)),
+    ("radius 3-5 px, 10 photons", {"radius": (3.0, 5.0), "photons": 10.0}, (8,)),
+    ("radius 4-6 px, 5 photons", {"radius": (4.0, 6.0), "photons": 5.0}, (8,)),
+    ("3 photons", {"photons": 3.0}, (8,)),
+    ("5 photons", {"photons": 5.0}, (8,)),
+    ("radius 30-40 px", {"radius": (30.0, 40.0)}, (7, 8)),
+    ("radius 40-55 px", {"radius": (40.0, 55.0)}, (7, 8)),
+    ("radius 55-70 px", {"radius": (55.0, 70.0)}, (7, 8)),
+]
+
+
+def cmd_sizes(a: argparse.Namespace) -> int:
+    """Cell size "auto" against the image as it is, and how often its choice was right."""
+    from napari_unet.core import run_to_completion
+    from napari_unet.core.cellsize import auto_scale, iter_segment_sized, model_cell_diameter
+
+    _set_threads(a)
+    model = load_model(a.model)
+    reference = model_cell_diameter(model)
+    print(f"{'nuclei':28s} {'seed':>4s} {'as is':>6s} {'auto':>6s}  rescaled images")
+    tried = right = 0
+    for name, kw, seeds in SIZE_CONDITIONS:
+        for seed in seeds:
+            counts = {k: [0, 0, 0] for k in ("as is", "auto")}
+            rescaled = 0
+            for image, truth in heldout_images("nuclei", kw, a.images, seed):
+                as_is = segment(image, model, diameter=0)
+                auto = run_to_completion(iter_segment_sized(image, model))
+                for key, labels in (("as is", as_is), ("auto", auto.labels)):
+                    r = metrics.match(truth, labels, 0.5)
+                    c = counts[key]
+                    c[0], c[1], c[2] = c[0] + r.tp, c[1] + r.fp, c[2] + r.fn
+                factor = auto_scale(as_is, model)
+                if factor == 1.0 or reference is None:
+                    continue
+                # the pass auto did not keep, to see whether it kept the better one
+                other = as_is if auto.scale != 1.0 else segment(
+                    image, model, diameter=reference / factor)
+                f1_kept = metrics.match(truth, auto.labels, 0.5).f1
+                tried += 1
+                right += f1_kept >= metrics.match(truth, other, 0.5).f1
+                rescaled += auto.scale != 1.0
+            f1 = {k: 2 * tp / max(2 * tp + fp + fn, 1) for k, (tp, fp, fn) in counts.items()}
+            print(f"{name:28s} {seed:4d} {f1['as is']:6.3f} {f1['auto']:6.3f}  {rescaled} of "
+                  f"{a.images}", flush=True)
+    print(f"images tried rescaled: {tried}; the kept pass was the better (or as good) in "
+          f"{right}")
+    return 0
+
+
 FINETUNE_CONDITIONS: list[tuple[str, dict[str, Any]]] = [
     ("nuclei as in training", {"radius": (4.0, 26.0)}),
     ("packed clusters", {"layout": "clustered", "touching": 1.0, "density": 0.5}),
@@ -860,6 +926,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.add_argument("--json", default=None)
     e.set_defaults(func=cmd_evaluate)
+    z = sub.add_parser("sizes", help="cell size 'auto' against the image as it is, on nuclei "
+                       "far from the model's size")
+    z.add_argument("model")
+    z.add_argument("--images", type=int, default=6, help="images per condition and seed")
+    z.add_argument("--threads", type=int, default=0)
+    z.set_defaults(func=cmd_sizes)
     f = sub.add_parser("finetune", help="out of the box vs fine-tuned on a few dozen cells")
     f.add_argument("model")
     f.add_argument("--seconds", type=float, default=120.0)

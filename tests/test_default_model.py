@@ -77,8 +77,15 @@ def test_small_nuclei_are_segmented_enlarged(default, tmp_path, capsys):
 
     image, truth = make_sample("nuclei", (192, 192), seed=4_242, radius=(3.0, 4.0))
     as_is = nu.segment(image, default, diameter=0)
-    auto = run_to_completion(iter_segment_sized(image, default))
+    gen, phases = iter_segment_sized(image, default), []
+    while True:
+        try:
+            phases.append(next(gen).phase)
+        except StopIteration as stop:
+            auto = stop.value
+            break
     assert auto.scale > 1.4 and auto.labels.shape == image.shape
+    assert phases[0] == "predict" and phases[-1] == "rescale"  # the second pass is said
     f1_as_is = nu.metrics.match(truth, as_is).f1
     f1_auto = nu.metrics.match(truth, auto.labels).f1
     assert f1_auto > f1_as_is + 0.05, (f1_as_is, f1_auto)

@@ -63,7 +63,8 @@ __all__ = ["SegmentWidget", "is_lazy_layer"]
 FILL = "fill unlabelled pixels only"
 REPLACE = "replace labels in the region"
 _PHASES = {"predict": "predicting tiles", "merge": "joining cells across blocks",
-           "label": "labelling blocks", "split": "cutting merged nuclei apart"}
+           "label": "labelling blocks", "split": "cutting merged nuclei apart",
+           "rescale": "small or large cells: segmenting again, rescaled"}
 
 
 def is_lazy_layer(layer: Any) -> bool:
@@ -357,7 +358,7 @@ class SegmentWidget(Container):
         self.status.value = f"{phase}: {p.done} / {p.total}"
         pbar = self.pbar  # last: napari's progress may process events (and end the run)
         if pbar is not None:
-            if pbar.total != int(p.total):
+            if pbar.total != int(p.total) or int(p.done) < pbar.n:  # a new pass
                 pbar.total = int(p.total)
                 pbar.n = 0
             pbar.set_description(phase)

@@ -260,7 +260,7 @@ def iter_segment_sized(
       is segmented as it is.
 
     The result's ``scale`` is the factor used. Yields the engine's progress
-    records (a second pass starts them again) and returns a
+    records (a second pass starts them again, in phase ``"rescale"``) and returns a
     :class:`~napari_unet.core.blocks.BlockSegmentation` in the image's pixels.
     """
     options = SegmentOptions.merge(options, settings, caller="iter_segment_sized")
@@ -275,12 +275,23 @@ def iter_segment_sized(
     first = yield from iter_segment_blocks(image, model, options, probabilities=True)
     factor = auto_scale(first.labels, model)
     if factor != 1.0:
-        second = yield from iter_segment_scaled(image, model, factor, options,
-                                                probabilities=True)
+        second = yield from _as_phase(
+            iter_segment_scaled(image, model, factor, options, probabilities=True), "rescale")
         if unsure_share(second.probabilities, model) < unsure_share(first.probabilities,
                                                                     model):
             first = second
     return first if probabilities else first._replace(probabilities=None)
+
+
+def _as_phase(gen: Generator[SegmentProgress, None, Any], phase: str
+              ) -> Generator[SegmentProgress, None, Any]:
+    """``gen``'s progress records, all of them in ``phase``; returns its result."""
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield record._replace(phase=phase)
 
 
 def unsure_share(probabilities: Any, model: UNet) -> float:
