@@ -245,3 +245,22 @@ def test_median_cell_diameter_of_any_numbering():
     expected = 2 * np.sqrt(np.median([100, 25, 16]) / np.pi)
     assert median_cell_diameter(labels) == pytest.approx(expected)
     assert median_cell_diameter(same) == pytest.approx(expected)
+
+
+def test_cell_diameter_on_a_stack_and_colour(one_torch_thread):
+    """Rescaling for a cell diameter keeps a stack's planes and a colour image's shape."""
+    from blocks_helpers import passthrough_unet
+
+    from napari_unet.core._utils import run_to_completion
+    from napari_unet.core.cellsize import iter_segment_sized
+
+    net = passthrough_unet()
+    net.metadata = {"cell_diameter": 40.0}
+    plane = np.zeros((60, 80), np.float32)
+    plane[10:17, 10:17] = plane[30:37, 50:57] = 1
+    stack = np.stack([plane, plane[:, ::-1], np.zeros_like(plane)])
+    told = run_to_completion(iter_segment_sized(stack, net, min_size=16, diameter=10))
+    assert told.scale == 4.0 and told.labels.shape == stack.shape and told.n_cells == 4
+    assert not told.labels[2].any()
+    auto = run_to_completion(iter_segment_sized(stack, net, min_size=16))
+    assert auto.labels.shape == stack.shape and auto.n_cells == 4
