@@ -117,7 +117,7 @@ class SegmentWidget(Container):
         self.diameter = FloatSpinBox(
             label="cell diameter (px)", min=0, max=2000, step=1, value=0,
             tooltip=self._diameter_tip(None))
-        # 0 reads "auto": the image decides (cells small for the model are enlarged)
+        # 0 reads "auto": the image decides (cells far from the model's size are rescaled)
         self.diameter.native.setSpecialValueText("auto")
         self.output = ComboBox(label="write into", choices=self._output_choices,
                                tooltip="a new Labels layer, or one of yours: the result is "
@@ -189,8 +189,9 @@ class SegmentWidget(Container):
         learned = "" if size is None else f" (this model learned cells of about {size:.0f} px)"
         return ("the typical diameter of the cells in this image, in pixels: the image is "
                 f"rescaled so that its cells get the size the model learned{learned}. auto: "
-                "cells that come out smaller than half that size are segmented again, "
-                "enlarged; to use the image as it is, type the model's size")
+                "when the cells come out smaller than half that size (or larger than twice "
+                "it), the image is segmented again, rescaled, and that result is kept if the "
+                "network is surer of it; to use the image as it is, type the model's size")
 
     def _on_model_changed(self, value: Any) -> None:
         self.model_file.visible = value == NEW_FILE
