@@ -41,9 +41,9 @@ __all__ = [
 
 #: Cells whose median diameter comes out below this share of the model's are
 #: segmented again, enlarged to this share of the model's diameter (measured on
-#: nuclei of radius 3-4 px with the packaged model, whose training cells have a
-#: median diameter of 20.5 px: F1 0.74 as they are, 0.86 enlarged ×1.5-2, 0.81
-#: ×3, 0.76 ×3.5; see docs/models.md).
+#: nuclei of radius 3-4 px with the packaged model's GPU stage, whose training
+#: cells have a median diameter of 20.5 px: F1 0.74 as they are, 0.86 enlarged
+#: ×1.5-2, 0.81 ×3, 0.76 ×3.5; see docs/models.md).
 SMALL_CELLS = 0.5
 
 #: Cells whose median diameter comes out above this many times the model's are
@@ -249,15 +249,16 @@ def iter_segment_sized(
     - a number of pixels: the image is rescaled by :func:`scale_for_cell_size`;
     - 0: the image is segmented as it is;
     - None (the default): it is segmented as it is, and when its cells come
-      out small for the model, once more enlarged by :func:`auto_scale`; the
-      enlarged result is kept when the network is surer of it, that is when
-      fewer pixels have an unsure cell probability (:func:`unsure_share`).
-      Enlarging helps small nuclei but hurts noisy images, whose noise it
-      turns into blobs; the network's certainty tells the two apart (on the
-      packaged model's held-out sets it picked the better pass for 41 of 44
-      images, see docs/models.md). Only an image in memory (a numpy array of
-      at most :data:`AUTO_MAX_PIXELS`) is tried enlarged; a dask or zarr image
-      is segmented as it is.
+      out far smaller or larger than the model's, once more rescaled by
+      :func:`auto_scale`; the rescaled result is kept when the network is
+      surer of it, that is when fewer pixels have an unsure cell probability
+      (:func:`unsure_share`). Enlarging helps small nuclei but hurts noisy
+      images, whose noise it turns into blobs; the network's certainty tells
+      the two apart (``python scripts/pretrain.py sizes``: with the packaged
+      model, the kept pass was the better or as good for 67 of 81 held-out
+      images tried, and no condition lost; see docs/models.md). Only an image
+      in memory (a numpy array of at most :data:`AUTO_MAX_PIXELS`) is tried
+      rescaled; a dask or zarr image is segmented as it is.
 
     The result's ``scale`` is the factor used. Yields the engine's progress
     records (a second pass starts them again, in phase ``"rescale"``) and returns a
