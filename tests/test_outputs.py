@@ -178,15 +178,13 @@ def test_overwrite_replaces_only_after_success(tmp_path, image_file, model_file,
     assert out.read_bytes() == old
     # a failure in the middle of the work: the old outputs stay as they were
 
-    import napari_unet.core.blocks as blocks
     import napari_unet.core.cellsize as cellsize
 
     def failing(*args, **kwargs):
         yield from ()
         raise RuntimeError("the device went away")
 
-    # the engine, wherever segment_file reaches it (the cell-size step calls it in memory)
-    monkeypatch.setattr(blocks, "iter_segment_blocks", failing)
+    # the engine, as segment_file reaches it (through the cell-size step)
     monkeypatch.setattr(cellsize, "iter_segment_blocks", failing)
     err = run_failing(["segment", str(image_file), "-o", str(out), "--model", str(model_file),
                        "--probabilities", str(probs), "--overwrite", "-q"], capsys)

@@ -173,7 +173,7 @@ def iter_segment_file(
     segment, as for :func:`napari_unet.segment`; ``client`` runs the blocks on a
     dask cluster.
     """
-    from .core.blocks import iter_segment_blocks, plan_segmentation
+    from .core.blocks import plan_segmentation
     from .core.cellsize import describe_scale, iter_segment_sized
     from .core.loading import load_model
     from .core.outputs import OutputSet, check_outputs
@@ -219,17 +219,9 @@ def iter_segment_file(
             probs_out = create_ome_zarr(tmp_probs, (net.n_classes, *spatial),
                                         plan.chunks((net.n_classes,)), np.float32, "c" + axes,
                                         labels=False, name=_stem(Path(probabilities)))
-        if out is None and client is None and probs_out in (None, True):
-            # in memory: the cells' size may call for a rescaled second pass
-            result = yield from iter_segment_sized(image, net, options, probabilities=probs_out)
-        elif options.diameter:
-            raise ValueError("a cell diameter rescales the image in memory: write .tif "
-                             "outputs (not .zarr) without a cluster, or leave it unset")
-        else:
-            result = yield from iter_segment_blocks(
-                image, net, options, out=out, probabilities=probs_out, client=client,
-                plan=plan,
-            )
+        # in memory, the cells' size may call for a rescaled second pass
+        result = yield from iter_segment_sized(image, net, options, probabilities=probs_out,
+                                               out=out, client=client, plan=plan)
         if out is None:
             write_image(tmp_output, result.labels)
         if tmp_probs is not None and not is_zarr(probabilities):

@@ -240,9 +240,12 @@ def iter_segment_sized(
     options: SegmentOptions | None = None,
     *,
     probabilities: Any = None,
+    out: Any = None,
+    client: Any = None,
+    plan: Any = None,
     **settings: Any,
 ) -> Generator[SegmentProgress, None, BlockSegmentation]:
-    """Segment an image at the scale its ``diameter`` setting asks for; the labels in memory.
+    """Segment an image at the scale its ``diameter`` setting asks for.
 
     ``options.diameter`` (a :class:`SegmentOptions` field) decides:
 
@@ -260,11 +263,25 @@ def iter_segment_sized(
       in memory (a numpy array of at most :data:`AUTO_MAX_PIXELS`) is tried
       rescaled; a dask or zarr image is segmented as it is.
 
+    With ``out``, ``client`` or a ``probabilities`` array to write into (as for
+    :func:`~napari_unet.core.blocks.iter_segment_blocks`, which also takes
+    ``plan``), the image is segmented block by block as it is, and a
+    ``diameter`` is refused (ValueError).
+
     The result's ``scale`` is the factor used. Yields the engine's progress
     records (a second pass starts them again, in phase ``"rescale"``) and returns a
     :class:`~napari_unet.core.blocks.BlockSegmentation` in the image's pixels.
     """
     options = SegmentOptions.merge(options, settings, caller="iter_segment_sized")
+    if out is not None or client is not None or probabilities not in (None, True):
+        # written block by block, or on a cluster: the image as it is
+        if options.diameter:
+            raise ValueError("a cell diameter rescales the image in memory, so it cannot be "
+                             "used when the labels or probabilities are written block by block "
+                             "(out=, a .zarr output) or on a cluster: leave the diameter unset")
+        return (yield from iter_segment_blocks(image, model, options, out=out,
+                                               probabilities=probabilities, client=client,
+                                               plan=plan))
     if options.diameter:
         factor = scale_for_cell_size(model, options.diameter)
         return (yield from iter_segment_scaled(image, model, factor, options,

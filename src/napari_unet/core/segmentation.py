@@ -1,6 +1,8 @@
 """The ``segment`` entry point: a model file or network, an image, and instance labels out.
 
 Above the engine: :func:`segment` loads the model and runs
+:func:`~napari_unet.core.cellsize.iter_segment_sized` (the cell size: the image
+as it is, or rescaled for its cells), which runs
 :func:`~napari_unet.core.blocks.iter_segment_blocks` (tiled prediction block by
 block, then :mod:`~napari_unet.core.decode`'s rule), with the settings of a
 :class:`~napari_unet.core.options.SegmentOptions`.
@@ -12,7 +14,6 @@ from collections.abc import Generator
 from typing import Any
 
 from ._utils import run_to_completion
-from .blocks import iter_segment_blocks
 from .cellsize import iter_segment_sized
 from .loading import load_model
 from .model import UNet
@@ -41,15 +42,8 @@ def iter_segment(
     probabilities: Any = probabilities_out
     if probabilities is None and return_probabilities:
         probabilities = True
-    if out is None and client is None and (probabilities is None or probabilities is True):
-        result = yield from iter_segment_sized(image, net, options, probabilities=probabilities)
-    elif options.diameter:
-        raise ValueError("a cell diameter rescales the image in memory: leave out out=, "
-                         "probabilities_out= and client=, or leave the diameter unset")
-    else:
-        result = yield from iter_segment_blocks(
-            image, net, options, out=out, probabilities=probabilities, client=client,
-        )
+    result = yield from iter_segment_sized(image, net, options, probabilities=probabilities,
+                                           out=out, client=client)
     if return_probabilities:
         return result.labels, result.probabilities
     return result.labels
