@@ -523,6 +523,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     start = load_model(a.start) if a.start else None  # training works on a copy of it
     best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume, start)
     t1 = time.perf_counter()
+    # scored as the file will segment: with the cell size and cut it records
+    recorded = model_metadata(a, result, labels, {}, 0.0)
+    best.metadata.update({k: recorded[k] for k in ("cell_diameter", "split") if k in recorded})
     heldout = evaluate(best, n=a.eval_images)
     _print_eval(heldout)
     meta = model_metadata(a, result, labels, heldout, time.perf_counter() - t1)
