@@ -492,6 +492,15 @@ def pretrain(a: argparse.Namespace, images: list[np.ndarray], labels: list[np.nd
     return result.model, result
 
 
+def heldout_metadata(heldout: dict[str, dict[str, float]], eval_seconds: float
+                     ) -> dict[str, Any]:
+    """The held-out figures a model file records (:func:`model_metadata`)."""
+    return {
+        "heldout_f1": {k: {c: round(v, 4) for c, v in d.items()} for k, d in heldout.items()},
+        "heldout_eval_seconds": round(eval_seconds, 1),
+    }
+
+
 def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
                    heldout: dict[str, dict[str, float]], eval_seconds: float) -> dict[str, Any]:
     """What the model file records: what it is, the recipe, hardware, time and figures."""
@@ -504,8 +513,7 @@ def model_metadata(a: argparse.Namespace, result: Any, labels: list[np.ndarray],
         "hardware": _hardware(),
         "torch": torch.__version__,
         "pretraining_seconds": round(result.seconds, 1),
-        "heldout_f1": {k: {c: round(v, 4) for c, v in d.items()} for k, d in heldout.items()},
-        "heldout_eval_seconds": round(eval_seconds, 1),
+        **heldout_metadata(heldout, eval_seconds),
         # the cell size the model knows best: Segment layer's "cell diameter" rescales to it
         "cell_diameter": pool_cell_diameter(labels),
         # nuclei touch as round objects: segment cuts the ones the network merged
@@ -522,13 +530,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"pool: {len(images)} images {counts} in {time.perf_counter() - t0:.1f} s", flush=True)
     start = load_model(a.start) if a.start else None  # training works on a copy of it
     best, result = pretrain(a, images, labels, a.checkpoint_dir, a.resume, start)
-    t1 = time.perf_counter()
+    meta = model_metadata(a, result, labels, {}, 0.0)
     # scored as the file will segment: with the cell size and cut it records
-    recorded = model_metadata(a, result, labels, {}, 0.0)
-    best.metadata.update({k: recorded[k] for k in ("cell_diameter", "split") if k in recorded})
+    best.metadata.update({k: meta[k] for k in ("cell_diameter", "split") if k in meta})
+    t1 = time.perf_counter()
     heldout = evaluate(best, n=a.eval_images)
     _print_eval(heldout)
-    meta = model_metadata(a, result, labels, heldout, time.perf_counter() - t1)
+    meta.update(heldout_metadata(heldout, time.perf_counter() - t1))
     if start is not None:  # pretraining continued: the earlier stage's recipe stays on record
         first = start.metadata
         meta["recipe"] += f"; continued from {first.get('recipe', a.start)}"
