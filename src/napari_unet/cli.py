@@ -243,8 +243,9 @@ def _add_segment(sub: Any) -> None:
     p.add_argument("--diameter", type=float, metavar="PIXELS",
                    help="the typical diameter of the cells, in pixels: the image is rescaled so "
                    "that its cells get the model's size (default: automatic, cells that come "
-                   "out smaller than half the model's size are segmented again, enlarged; 0 "
-                   "segments the image as it is). Rescaling needs .tif outputs and no cluster")
+                   "out smaller than half the model's size or larger than twice it are tried "
+                   "rescaled, kept if the network is surer of them; 0 segments the image as it "
+                   "is). Rescaling needs .tif outputs and no cluster")
     p.add_argument("--probabilities", help="also write the class probabilities here (a .tif or "
                    ".zarr file; a folder with several inputs)")
     p.add_argument("--overlay", help="also write a PNG picture of the labels over the image "

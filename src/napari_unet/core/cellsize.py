@@ -327,6 +327,8 @@ def describe_scale(factor: float, diameter: float | None = None) -> str:
 
     >>> describe_scale(1.74)
     'enlarged ×1.74: the cells are small for this model'
+    >>> describe_scale(0.44)
+    'shrunk ×0.44: the cells are large for this model'
     >>> describe_scale(0.5, 40.0)
     'rescaled ×0.50 for the cell diameter'
     """
@@ -334,4 +336,6 @@ def describe_scale(factor: float, diameter: float | None = None) -> str:
         return ""
     if diameter:
         return f"rescaled ×{factor:.2f} for the cell diameter"
+    if factor < 1.0:
+        return f"shrunk ×{factor:.2f}: the cells are large for this model"
     return f"enlarged ×{factor:.2f}: the cells are small for this model"

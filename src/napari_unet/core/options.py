@@ -100,9 +100,10 @@ class SegmentOptions:
         The typical diameter of the cells, in pixels: the image is rescaled so
         that its cells get the size the model was trained on, and the labels
         come back at the image's size. None (the default) decides from the
-        image: cells that come out smaller than half the model's size are
-        segmented again, enlarged to that size; 0 segments the image as it
-        is. Rescaling needs the image and labels in memory; with an ``out``
+        image: when the cells come out smaller than half the model's size (or
+        larger than twice it), the image is segmented again, rescaled to that
+        bound, and that result is kept if the network is surer of it; 0
+        segments the image as it is. Rescaling needs the image and labels in memory; with an ``out``
         array or a cluster the image is segmented as it is
         (:func:`~napari_unet.core.cellsize.iter_segment_sized`).
 

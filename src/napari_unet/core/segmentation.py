@@ -103,8 +103,8 @@ def segment(
         at once, and the unit of parallel work); ``split`` (cutting merged
         nuclei apart); ``diameter`` (the cells' size in pixels: the image is
         rescaled to the model's cell size; by default, cells that come out
-        smaller than half the model's are segmented again enlarged, see
-        :class:`SegmentOptions`; 0 segments the image as it is).
+        smaller than half the model's, or larger than twice it, are tried
+        rescaled, see :class:`SegmentOptions`; 0 segments the image as it is).
 
     Returns
     -------
