@@ -286,7 +286,7 @@ def iter_segment_sized(
         factor = scale_for_cell_size(model, options.diameter)
         return (yield from iter_segment_scaled(image, model, factor, options,
                                                probabilities=probabilities))
-    if options.diameter is not None or not isinstance(image, np.ndarray) \
+    if options.diameter == 0 or not isinstance(image, np.ndarray) \
             or image.size > AUTO_MAX_PIXELS or model_cell_diameter(model) is None:
         return (yield from iter_segment_blocks(image, model, options,
                                                probabilities=probabilities))
