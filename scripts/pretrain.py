@@ -63,7 +63,7 @@ from napari_unet import (
 )
 from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.cellsize import median_cell_diameter
-from napari_unet.core.decode import grow_cells
+from napari_unet.core.decode import MIN_SHARE, grow_cells
 from napari_unet.core.split import SPLIT_DEPTH
 from napari_unet.core.synthetic import make_sample
 from napari_unet.core.training import new_model
@@ -307,6 +307,9 @@ HYSTERESIS_SEED = 0.9
 #: Cell probability threshold of the ``"grow"`` decoder (segment's default; ``evaluate
 #: --threshold`` tries others).
 GROW_THRESHOLD = 0.5
+#: Share of the median cell size under which the ``"grow"`` decoder drops a cell away from
+#: the image border (segment's default; ``evaluate --min-share`` tries others).
+MIN_SHARE_EVAL = MIN_SHARE
 
 
 def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -380,7 +383,8 @@ def decode(probabilities: np.ndarray, model: Any, decoder: str = "grow") -> np.n
     if decoder == "grow":
         grow = int(model.metadata.get("target", {}).get("gap", 1)) + 1
         return probabilities_to_labels(probabilities, model.classes, threshold=GROW_THRESHOLD,
-                                       min_size=16, grow=grow, split=SPLIT)
+                                       min_size=16, grow=grow, split=SPLIT,
+                                       min_share=MIN_SHARE_EVAL)
     if decoder == "watershed":
         return seeded_watershed(probabilities, model.classes, threshold=0.5, min_size=16)
     if decoder == "hysteresis":
@@ -396,7 +400,8 @@ def segment_with(image: np.ndarray, model: Any, decoder: str, probs: Any = None
     :func:`~napari_unet.core.cellsize.iter_segment_sized`; the threshold and the cut's
     depth are ``evaluate``'s)."""
     if decoder == "grow":  # evaluate's --threshold and --split, else segment's defaults
-        return segment(image, model, threshold=GROW_THRESHOLD, min_size=16, split=SPLIT), probs
+        return segment(image, model, threshold=GROW_THRESHOLD, min_size=16, split=SPLIT,
+                       min_share=MIN_SHARE_EVAL), probs
     probs = predict_tiled(model, image) if probs is None else probs
     return decode(probs, model, decoder), probs
 
@@ -634,10 +639,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    global HYSTERESIS_SEED, GROW_THRESHOLD, SPLIT
+    global HYSTERESIS_SEED, GROW_THRESHOLD, SPLIT, MIN_SHARE_EVAL
     _set_threads(a)
     HYSTERESIS_SEED, GROW_THRESHOLD = a.seed_threshold, a.threshold
-    SPLIT = a.split
+    SPLIT, MIN_SHARE_EVAL = a.split, a.min_share
     model = load_model(a.model)
     t = time.perf_counter()
     res = evaluate(model, n=a.images, seed=a.seed, decoder=a.decoder)
@@ -932,6 +937,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="segment's cutting of merged nuclei in the grow decoder: the depth of "
                    "a second centre, as a share of the cell's largest distance to its rim "
                    "(0: no cutting, the decoding before it)")
+    e.add_argument("--min-share", type=float, default=MIN_SHARE,
+                   help="segment's dropping of cells far smaller than the image's typical one "
+                   "(share of the median cell size; 0: none, the decoding before it)")
     e.add_argument("--real", nargs="*", default=[], metavar="PATH",
                    help="pairs of real annotated images (image labels ...): F1 reported too")
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

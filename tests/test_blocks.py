@@ -298,3 +298,37 @@ def test_merged_nuclei_cut_across_block_borders_as_in_one_piece(tmp_path, max_si
             break
     np.testing.assert_array_equal(np.asarray(result.labels[...]), whole)
     assert result.n_cells == whole.max()
+
+
+@pytest.mark.parametrize("three_class", [False, True])
+def test_fragments_are_dropped_in_blocks_as_in_one_piece(three_class):
+    """min_share looks at whole cells: a speck cut by block borders is dropped as a
+    whole, a small cell cut by the image border is kept, in any block layout."""
+    net = passthrough_unet(three_class)
+    shape, tile = (120, 150), 80
+    truth = np.zeros(shape, np.int32)
+    k = 0
+    for r in range(4, 110, 22):
+        for c in range(4, 140, 28):
+            if (r, c) != (48, 60):
+                k += 1
+                truth[r:r + 12, c:c + 12] = k
+    specks = [(39, 19), (84, 78)]  # 3x3 = 9 px: under a fifth of 144 px, across blocks
+    for r, c in specks:
+        k += 1
+        truth[r:r + 3, c:c + 3] = k
+    k += 1
+    truth[55:58, 147:150] = k  # 9 px on the image's right border, in the last blocks
+    image = as_image(truth, three_class)
+    reference = one_piece(net, image, tile, min_size=4, grow=2)
+    for block in ((40, 40), 1, (40, 1000), 10_000):
+        labels = segment(image, net, tile_shape=tile, block_shape=block, min_size=4, grow=2)
+        np.testing.assert_array_equal(labels, reference, err_msg=f"blocks of {block}")
+    if three_class:
+        return
+    for r, c in specks:
+        assert (labels[r:r + 3, c:c + 3] == 0).all()
+    assert (labels[55:58, 147:150] > 0).all()
+    kept = segment(image, net, tile_shape=tile, block_shape=40, min_size=4, grow=2,
+                   min_share=0)
+    assert kept.max() == labels.max() + 2

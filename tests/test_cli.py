@@ -29,7 +29,8 @@ def test_help_from_console_script():
     assert "segment" in out.stdout and "usage: napari-unet" in out.stdout
     out = subprocess.run([str(SCRIPT), "segment", "--help"], capture_output=True, text=True,
                          check=True)
-    for flag in ("--model", "--tile", "--device", "--overwrite", "-o", "--split", "--diameter"):
+    for flag in ("--model", "--tile", "--device", "--overwrite", "-o", "--split", "--diameter",
+                 "--min-share"):
         assert flag in out.stdout
     from napari_unet.core.split import SPLIT_DEPTH
 
@@ -88,7 +89,8 @@ def test_bad_settings_are_one_line_and_nothing_is_written(tmp_path, image_file, 
                          (["--min-size", "-3"], "min_size must be 0 or more"),
                          (["--block", "0"], "block_shape must be 1 or more"),
                          (["--split", "1.5"], "split must be 0 (off) or a depth"),
-                         (["--diameter", "-3"], "diameter must be a number of pixels")]:
+                         (["--diameter", "-3"], "diameter must be a number of pixels"),
+                         (["--min-share", "1"], "min_share must be 0 (off) or a share")]:
         err = run_failing(["segment", str(image_file), "-o", str(out), "--model",
                            str(model_file), *flags], capsys)
         assert words in err, err
@@ -213,3 +215,24 @@ def test_axes_come_from_the_file_or_the_guess_is_said(tmp_path, model_file, caps
     # the file says channels: a one-channel model refuses them in one line, no guessing
     code, out = segment(channels)
     assert code == 2 and "channel" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_min_share_keeps_or_drops_a_speck(tmp_path, capsys):
+    """A 16-px speck among 30x30 cells: dropped by default, kept with --min-share 0."""
+    from blocks_helpers import passthrough_unet
+
+    model = save_model(passthrough_unet(), tmp_path / "pass.pt", target={"gap": 1})
+    image = np.zeros((120, 160), np.uint16)
+    image[10:40, 10:40] = image[10:40, 60:90] = image[70:100, 20:50] = 100
+    image[100:104, 140:144] = 100
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    counts = []
+    for flags in ([], ["--min-share", "0"]):
+        out = tmp_path / f"labels{len(flags)}.tif"
+        assert main(["segment", str(tmp_path / "img.tif"), "-o", str(out), "--model",
+                     str(model), "--diameter", "0", *flags]) == 0
+        labels = tifffile.imread(out)
+        counts.append((int(labels.max()), int(labels[102, 142])))
+    capsys.readouterr()
+    assert counts[0][0] == 3 and counts[0][1] == 0
+    assert counts[1][0] == 4 and counts[1][1] > 0

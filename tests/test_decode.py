@@ -165,7 +165,8 @@ def test_probabilities_to_labels_equals_the_old_decoding(three_class):
                                              ((33, 97), 0.55, 1, 1), ((80, 80), 0.5, 30, 4)]:
         probs = network_like_probabilities(rng, shape, three_class, shape[0] * shape[1] // 150)
         new = probabilities_to_labels(probs, classes, threshold=threshold, min_size=min_size,
-                                      grow=grow, split=0)  # the old decoding did not cut
+                                      grow=grow, split=0, min_share=0)  # the old decoding
+        # neither cut nor dropped fragments
         old = reference_probabilities_to_labels(probs, classes, threshold=threshold,
                                                 min_size=min_size, grow=grow)
         assert old.max() > 10 and (old != 0).mean() > 0.3

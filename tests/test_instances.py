@@ -63,9 +63,45 @@ def test_min_size_and_threshold():
     p[1, 2:4, 2:4] = 0.9  # 4 px
     p[1, 10:18, 10:18] = 0.6
     p[0] = 1 - p[1]
-    assert probabilities_to_labels(p, min_size=5).max() == 1
-    assert probabilities_to_labels(p, min_size=1).max() == 2
-    assert probabilities_to_labels(p, min_size=1, threshold=0.7).max() == 1
+    assert probabilities_to_labels(p, min_size=5, min_share=0).max() == 1
+    assert probabilities_to_labels(p, min_size=1, min_share=0).max() == 2
+    assert probabilities_to_labels(p, min_size=1, min_share=0, threshold=0.7).max() == 1
+    # the 4-px speck is under a fifth of the typical size (the median of 4 and 64 px)
+    assert probabilities_to_labels(p, min_size=1).max() == 1
+
+
+def fragments_image(shape=(60, 80)):
+    """Probabilities of six 6x6 cells, two 2x2 specks and a 2x2 cell cut by the border."""
+    labels = np.zeros(shape, np.int32)
+    for k, (r, c) in enumerate([(5, 5), (5, 20), (5, 40), (30, 5), (30, 20), (30, 40)]):
+        labels[r:r + 6, c:c + 6] = k + 1
+    labels[45:47, 60:62] = 7  # a speck: 4 px, far under a fifth of 36 px
+    labels[20:22, 65:67] = 8
+    labels[0:2, 70:72] = 9  # on the border: a cut cell, kept
+    return labels
+
+
+def test_min_share_drops_fragments_away_from_the_border():
+    labels = fragments_image()
+    probs = probs_from_labels(labels)
+    kept = probabilities_to_labels(probs, min_size=1, grow=0)
+    assert kept.max() == 7
+    assert (kept[45:47, 60:62] == 0).all() and (kept[20:22, 65:67] == 0).all()
+    assert (kept[0:2, 70:72] > 0).all()
+    everything = probabilities_to_labels(probs, min_size=1, grow=0, min_share=0)
+    assert everything.max() == 9
+    # a share of 0.1 keeps the specks (4 px >= 3.6 px); min_size still applies
+    assert probabilities_to_labels(probs, min_size=1, grow=0, min_share=0.1).max() == 9
+    assert probabilities_to_labels(probs, min_size=5, grow=0, min_share=0.1).max() == 6
+
+
+def test_min_share_is_decided_per_plane():
+    small = np.zeros((60, 80), np.int32)  # plane 2: cells as small as plane 1's specks
+    for k, c in enumerate(range(5, 75, 8)):
+        small[30:32, c:c + 2] = k + 1
+    probs = np.stack([probs_from_labels(fragments_image()), probs_from_labels(small)], axis=1)
+    out = probabilities_to_labels(probs, min_size=1, grow=0)
+    assert len(np.unique(out[0])) - 1 == 7 and len(np.unique(out[1])) - 1 == 9
 
 
 def test_stack_ids_are_unique():

@@ -69,8 +69,8 @@ def _segment_options(args: argparse.Namespace) -> Any:
 
     return SegmentOptions(tile_shape=args.tile, batch_size=args.batch_size, device=args.device,
                           axes=args.axes, threshold=args.threshold, min_size=args.min_size,
-                          grow=args.grow, block_shape=args.block, split=args.split,
-                          diameter=args.diameter)
+                          min_share=args.min_share, grow=args.grow, block_shape=args.block,
+                          split=args.split, diameter=args.diameter)
 
 
 def _is_batch(args: argparse.Namespace) -> bool:
@@ -199,6 +199,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _add_segment(sub: Any) -> None:
+    from .core.decode import MIN_SHARE
+
     p = sub.add_parser(
         "segment",
         help="segment images into instance labels (one file, many, a folder or a glob)",
@@ -233,6 +235,10 @@ def _add_segment(sub: Any) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="cell probability threshold")
     p.add_argument("--min-size", type=int, default=16, help="drop cells smaller than this "
                    "(pixels)")
+    p.add_argument("--min-share", type=float, default=MIN_SHARE, metavar="SHARE",
+                   help="drop cells smaller than this share of the image's median cell area, "
+                   "away from the image border: debris, noise, the glow around very bright "
+                   f"nuclei (default {MIN_SHARE}; 0 keeps them)")
     p.add_argument("--grow", type=int, help="pixels to grow cells back over the carved gaps "
                    "(default: from the model)")
     p.add_argument("--split", type=float, metavar="DEPTH",

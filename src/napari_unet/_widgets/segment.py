@@ -36,6 +36,7 @@ from ..core.cellsize import (
     model_cell_diameter_of,
     scale_for_cell_size,
 )
+from ..core.decode import MIN_SHARE
 from ..core.model import cell_probability
 from ..core.regions import lazy, pyramid, region_outputs
 from ..core.split import SPLIT_DEPTH
@@ -110,6 +111,12 @@ class SegmentWidget(Container):
         self.min_size = SpinBox(
             label="smallest cell (px)", min=0, max=1_000_000, step=4, value=16,
             tooltip="objects smaller than this many pixels (area) are dropped as noise")
+        self.fragments = CheckBox(
+            text="drop small fragments", value=True,
+            tooltip="drop objects under a fifth of the area of the image's typical cell "
+                    "(debris, specks of noise, the glow around a very bright nucleus), except "
+                    "at the image border, where cells are cut; untick to keep every object "
+                    "of at least the smallest cell size")
         self.split = CheckBox(
             text="split touching nuclei", value=True,
             tooltip="cut a cell that holds two touching nuclei apart at the waist between "
@@ -150,7 +157,7 @@ class SegmentWidget(Container):
         options = Container(widgets=[self.tile, self.device], labels=True)
         self.form = Container(widgets=[
             self.image, self.model, self.model_file, self.threshold, self.min_size,
-            self.split, self.diameter, self.output, self.mode, self.current_plane,
+            self.fragments, self.split, self.diameter, self.output, self.mode, self.current_plane,
             self.visible_only, self.probabilities, buttons, self.status,
         ], labels=True)
         layout = self.form.native.layout()
@@ -297,6 +304,7 @@ class SegmentWidget(Container):
         options = SegmentOptions(tile_shape=self.tile.value or None, device=self.device.value,
                                  axes=axes, threshold=float(self.threshold.value),
                                  min_size=int(self.min_size.value), split=split,
+                                 min_share=MIN_SHARE if self.fragments.value else 0.0,
                                  diameter=diameter)
         context = {"layer": layer, "index": index, "output": target, "lazy": lazy,
                    "mode": self.mode.value, "probabilities": with_probs, "model": model,

@@ -71,6 +71,7 @@ from .decode import (
     is_three_class,
     map_labels,
     seeds_and_region,
+    typical_cells,
 )
 from .memory import Backoff, is_out_of_memory
 from .model import UNet, place_model
@@ -144,6 +145,10 @@ class SegmentPlan:
         the network uses every core). The labels are the same either way.
     split : float
         Depth of the rule that cuts merged nuclei apart; 0: off.
+    min_share : float
+        Cells under this share of the median cell size of their plane are
+        dropped unless they touch the image border (decided when the blocks'
+        components are merged, on whole cells); 0: off.
     """
 
     layout: ImageLayout
@@ -157,6 +162,7 @@ class SegmentPlan:
     block_request: tuple[int, int] | None = None
     overlap: bool = False
     split: float = 0.0
+    min_share: float = 0.0
 
     @property
     def three_class(self) -> bool:
@@ -236,7 +242,7 @@ def plan_segmentation(
                           block_shape, min_side=grow_halo(grow, classes), min_tiles=batch)
     return SegmentPlan(layout, dev, batch, grid, classes, options.threshold, options.min_size,
                        grow, block_shape, overlap=dev.type != "cpu",
-                       split=options.split_for(model))
+                       split=options.split_for(model), min_share=options.min_share)
 
 
 @dataclass
@@ -383,10 +389,22 @@ class _Numbering:
         return m
 
 
+def _border_ids(summary: BlockSummary, plane_shape: tuple[int, int]) -> np.ndarray:
+    """Local ids of a block's components that touch the image border."""
+    r0, r1, c0, c1 = summary.bounds
+    sides = [summary.strips[name][index] for name, index, on in (
+        ("top", np.s_[0, :], r0 == 0), ("bottom", np.s_[-1, :], r1 == plane_shape[0]),
+        ("left", np.s_[:, 0], c0 == 0), ("right", np.s_[:, -1], c1 == plane_shape[1])) if on]
+    ids = np.concatenate(sides) if sides else np.zeros(0, np.int32)
+    return ids[ids > 0]
+
+
 def _merge(
-    summaries: dict[_KEY, BlockSummary], plane_shape: tuple[int, int], min_size: int
+    summaries: dict[_KEY, BlockSummary], plane_shape: tuple[int, int], min_size: int,
+    min_share: float = 0.0,
 ) -> _Numbering:
-    """Join components across block faces, apply ``min_size``, number in raster order."""
+    """Join components across block faces, apply ``min_size`` and ``min_share``
+    (:func:`~napari_unet.core.decode.typical_cells`, per plane), number in raster order."""
     keys = sorted(summaries)
     offsets: dict[_KEY, int] = {}
     total = 0
@@ -424,6 +442,15 @@ def _merge(
     np.minimum.at(comp_first, comp, first)
     keep = comp_size >= max(min_size, 1)
     keep[comp[0]] = False  # the background
+    if min_share > 0:
+        border = np.zeros(n_comp, bool)
+        for key in keys:
+            border[comp[_border_ids(summaries[key], plane_shape).astype(np.int64)
+                        + offsets[key]]] = True
+        plane_of = comp_first // plane_pixels
+        for z in np.unique(plane_of[keep]):
+            mine = plane_of == z
+            keep[mine] = typical_cells(comp_size[mine], keep[mine], border[mine], min_share)
     kept = np.flatnonzero(keep)
     order = kept[np.argsort(comp_first[kept], kind="stable")]
     final = np.zeros(n_comp, np.int64)
@@ -845,7 +872,7 @@ def _run_local(
         model.to(model_device)
         model.train(was_training)
     yield SegmentProgress(done, total, "merge")
-    numbering = _merge(summaries, layout.plane_shape, plan.min_size)
+    numbering = _merge(summaries, layout.plane_shape, plan.min_size, plan.min_share)
     jobs = ((plan, key, out, numbering.block_map(summaries[key]),
              _halo_pieces(plan, key, summaries, numbering)) for key in keys)
     # blocks are written in threads when their writes cannot collide (and the host is idle
@@ -908,7 +935,8 @@ def _run_distributed(
         yield SegmentProgress(done, total, "predict")
     del shared_model, shared_image
     yield SegmentProgress(done, total, "merge")
-    numbering = _merge(summaries, plan.layout.plane_shape, plan.min_size)
+    numbering = _merge(summaries, plan.layout.plane_shape, plan.min_size,
+                       plan.min_share)
     arguments = [
         (plan, key, out, numbering.block_map(summaries[key]),
          _halo_pieces(plan, key, summaries, numbering))

@@ -5,7 +5,11 @@ The rule (for a two-class model, background / cell):
 1. **Foreground**: pixels whose cell probability is at least ``threshold``.
 2. **Cells**: connected components of the foreground with 4-connectivity, so
    that a one-pixel diagonal gap still separates two cells. Components smaller
-   than ``min_size`` pixels are dropped.
+   than ``min_size`` pixels are dropped, and so are those smaller than
+   ``min_share`` times the median size of the plane's components (debris, the
+   glow around a very bright nucleus, specks of noise: pieces far smaller than
+   the cells of the image) unless they touch the image border, where cells
+   are cut (:func:`typical_cells`).
 3. **Grow back over the gaps**: the U-Net is trained on targets in which
    touching cells are separated by thin background gaps (``gap`` pixels carved
    out of the cells). Background pixels within ``grow`` pixels of *two or more*
@@ -44,6 +48,8 @@ from .split import SPLIT_DEPTH, split_cells
 
 __all__ = [
     "probabilities_to_labels",
+    "typical_cells",
+    "MIN_SHARE",
     "seeds_and_region",
     "is_three_class",
     "grow_reach",
@@ -94,6 +100,51 @@ def map_labels(table: np.ndarray, labels: np.ndarray, out: np.ndarray | None = N
             index = index + shift
         np.take(table, index, out=out[rows], mode="clip")
     return out
+
+
+#: Default ``min_share``: components under this share of the median component size of
+#: their plane (in pixels; 0.2 of the area is 0.45 of the diameter) are dropped, unless
+#: they touch the image border.
+MIN_SHARE = 0.2
+
+
+def typical_cells(sizes: np.ndarray, kept: np.ndarray, border: np.ndarray,
+                  share: float) -> np.ndarray:
+    """The components of ``kept`` that are not far smaller than the plane's typical one.
+
+    A component is dropped when it is smaller than ``share`` times the median
+    size of the kept components and does not touch the image border (a cell cut
+    by the border may be small).
+
+    Parameters
+    ----------
+    sizes : numpy.ndarray
+        Pixels of each component (index 0, the background, is not looked at
+        unless it is kept).
+    kept : numpy.ndarray
+        Boolean, the components kept so far (by ``min_size``), same length.
+    border : numpy.ndarray
+        Boolean, the components touching the image border, same length.
+    share : float
+        Share of the median size; 0 keeps ``kept`` as it is.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new boolean array: ``kept`` less the small components.
+
+    Examples
+    --------
+    >>> typical_cells(np.array([0, 100, 90, 110, 10, 10]), np.array([0, 1, 1, 1, 1, 1], bool),
+    ...               np.array([0, 0, 0, 0, 0, 1], bool), 0.2)
+    array([False,  True,  True,  True, False,  True])
+    """
+    kept = np.asarray(kept, bool).copy()
+    if share <= 0 or not kept.any():
+        return kept
+    typical = float(np.median(np.asarray(sizes)[kept]))
+    kept &= (np.asarray(sizes) >= share * typical) | np.asarray(border, bool)
+    return kept
 
 
 def is_three_class(classes: Sequence[str]) -> bool:
@@ -327,14 +378,19 @@ def grow_cells(labels: np.ndarray, region: np.ndarray | None, grow: int) -> np.n
 
 
 def _labels_2d(
-    probs: np.ndarray, classes: Sequence[str], threshold: float, min_size: int, grow: int
+    probs: np.ndarray, classes: Sequence[str], threshold: float, min_size: int, grow: int,
+    min_share: float,
 ) -> np.ndarray:
     """Instances of one plane from ``(n_classes, row, col)`` probabilities."""
     seeds, region = seeds_and_region(probs, classes, threshold)
     labels, n = cc_label(seeds, connectivity=1, return_num=True)
-    if min_size > 1 and n:
-        keep = count_labels(labels, n) >= min_size
+    if (min_size > 1 or min_share > 0) and n:
+        sizes = count_labels(labels, n)
+        keep = sizes >= min_size
         keep[0] = False
+        border = np.zeros(n + 1, bool)
+        border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+        keep = typical_cells(sizes, keep, border, min_share)
         if not keep[1:].all():
             relabel = np.zeros(n + 1, dtype=np.int32)
             relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
@@ -350,6 +406,7 @@ def probabilities_to_labels(
     min_size: int = 16,
     grow: int = 2,
     split: float = SPLIT_DEPTH,
+    min_share: float = MIN_SHARE,
 ) -> np.ndarray:
     """Instance labels from class probabilities (see the module docstring for the rule).
 
@@ -374,6 +431,10 @@ def probabilities_to_labels(
         largest distance to its rim, for the cell to be cut apart
         (:func:`~napari_unet.core.split.split_cells`); 0 switches cutting off.
         The other parts of a cut cell are numbered after the last cell.
+    min_share : float
+        Components smaller than this share of the median size of their plane's
+        components are dropped too, unless they touch the image border
+        (:func:`typical_cells`); 0 keeps them.
 
     Returns
     -------
@@ -401,12 +462,14 @@ def probabilities_to_labels(
             f"got shape {probs.shape}"
         )
     if probs.ndim == 3:
-        out = _labels_2d(probs, classes, threshold, int(min_size), int(grow))
+        out = _labels_2d(probs, classes, threshold, int(min_size), int(grow),
+                         float(min_share))
     else:
         out = np.zeros(probs.shape[1:], dtype=np.int32)
         next_id = 0
         for z in range(probs.shape[1]):
-            lab = _labels_2d(probs[:, z], classes, threshold, int(min_size), int(grow))
+            lab = _labels_2d(probs[:, z], classes, threshold, int(min_size), int(grow),
+                             float(min_share))
             out[z] = np.where(lab > 0, lab + next_id, 0)
             next_id = int(out[z].max(initial=next_id))
     return split_cells(out, split, int(min_size)) if split > 0 else out

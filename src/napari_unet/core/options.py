@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .decode import MIN_SHARE
+
 __all__ = ["SegmentOptions", "SegmentProgress"]
 
 
@@ -84,6 +86,11 @@ class SegmentOptions:
         Probability from which a pixel counts as cell (or interior).
     min_size : int
         Cells smaller than this (in pixels) are dropped as noise.
+    min_share : float
+        Cells smaller than this share of the median cell size (in pixels) of
+        their image (or plane) are dropped too, unless they touch the image
+        border: debris, specks of noise, the glow around a very bright nucleus
+        (:func:`~napari_unet.core.decode.typical_cells`). 0 keeps them.
     grow : int, optional
         Pixels by which cells are grown back over the carved gaps; None means
         the model's training gap plus one (:meth:`grow_for`).
@@ -123,6 +130,7 @@ class SegmentOptions:
     axes: str | None = None
     threshold: float = 0.5
     min_size: int = 16
+    min_share: float = MIN_SHARE
     grow: int | None = None
     block_shape: tuple[int, int] | None = None
     split: float | None = None
@@ -137,6 +145,12 @@ class SegmentOptions:
         if self.grow is not None:
             put(self, "grow", _count("grow", self.grow, 0))
         put(self, "min_size", _count("min_size", self.min_size, 0))
+        share = self.min_share
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) \
+                or not 0.0 <= float(share) < 1.0:
+            raise ValueError(f"min_share must be 0 (off) or a share between 0 and 1, "
+                             f"not {share!r}")
+        put(self, "min_share", float(share))
         threshold = self.threshold
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
                 or not 0.0 <= float(threshold) <= 1.0:
