@@ -659,6 +659,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rescore(a: argparse.Namespace) -> int:
+    """Score a model file on the held-out sets as ``segment`` decodes today, and record the
+    figures in the file (its recipe, weights and everything else unchanged)."""
+    _set_threads(a)
+    model = load_model(a.model)
+    t = time.perf_counter()
+    heldout = evaluate(model, n=a.eval_images)
+    _print_eval(heldout)
+    model.metadata.update(heldout_metadata(heldout, time.perf_counter() - t))
+    path = save_model(model, a.output or a.model, weights_dtype="float16")
+    print(f"wrote {path}: held-out figures of today's segment recorded")
+    return 0
+
+
 #: Nuclei far from the packaged model's size, noisy or not (``sizes``): name, generator
 #: arguments, seeds.
 SIZE_CONDITIONS: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
@@ -945,6 +959,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.add_argument("--json", default=None)
     e.set_defaults(func=cmd_evaluate)
+    r = sub.add_parser("rescore", help="score a model file on the held-out sets with today's "
+                       "segment and record the figures in it")
+    r.add_argument("model")
+    r.add_argument("-o", "--output", default=None, help="write here (default: the model file)")
+    r.add_argument("--eval-images", type=int, default=6)
+    r.add_argument("--threads", type=int, default=0)
+    r.set_defaults(func=cmd_rescore)
     z = sub.add_parser("sizes", help="cell size 'auto' against the image as it is, on nuclei "
                        "far from the model's size")
     z.add_argument("model")
