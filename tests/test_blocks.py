@@ -332,3 +332,19 @@ def test_fragments_are_dropped_in_blocks_as_in_one_piece(three_class):
     kept = segment(image, net, tile_shape=tile, block_shape=40, min_size=4, grow=2,
                    min_share=0)
     assert kept.max() == labels.max() + 2
+
+
+def test_fragments_are_judged_per_plane_in_blocks():
+    """Plane 1 holds only cells as small as plane 0's specks: they are its typical cells."""
+    net = passthrough_unet()
+    truth = np.zeros((2, 90, 120), np.int32)
+    for k, (r, c) in enumerate([(5, 5), (5, 40), (40, 5), (40, 40), (60, 80)]):
+        truth[0, r:r + 12, c:c + 12] = k + 1
+    truth[0, 30:33, 100:103] = 9  # a speck
+    for k, c in enumerate(range(10, 110, 10)):
+        truth[1, 44:47, c:c + 3] = k + 1
+    image = (truth > 0).astype(np.float32)
+    reference = one_piece(net, image, 80, min_size=4, grow=2)
+    labels = segment(image, net, tile_shape=80, block_shape=40, min_size=4, grow=2)
+    np.testing.assert_array_equal(labels, reference)
+    assert len(np.unique(labels[0])) - 1 == 5 and len(np.unique(labels[1])) - 1 == 10

@@ -447,10 +447,12 @@ def _merge(
         for key in keys:
             border[comp[_border_ids(summaries[key], plane_shape).astype(np.int64)
                         + offsets[key]]] = True
-        plane_of = comp_first // plane_pixels
-        for z in np.unique(plane_of[keep]):
-            mine = plane_of == z
-            keep[mine] = typical_cells(comp_size[mine], keep[mine], border[mine], min_share)
+        cells = np.flatnonzero(keep)  # grouped by plane: one median per plane
+        cells = cells[np.argsort(comp_first[cells] // plane_pixels, kind="stable")]
+        _, starts = np.unique(comp_first[cells] // plane_pixels, return_index=True)
+        for mine in np.split(cells, starts[1:]):
+            keep[mine] = typical_cells(comp_size[mine], np.ones(len(mine), bool),
+                                       border[mine], min_share)
     kept = np.flatnonzero(keep)
     order = kept[np.argsort(comp_first[kept], kind="stable")]
     final = np.zeros(n_comp, np.int64)
