@@ -313,7 +313,7 @@ def test_fragments_are_dropped_in_blocks_as_in_one_piece(three_class):
             if (r, c) != (48, 60):
                 k += 1
                 truth[r:r + 12, c:c + 12] = k
-    specks = [(39, 19), (84, 78)]  # 3x3 = 9 px: under a fifth of 144 px, across blocks
+    specks = [(39, 19), (84, 78)]  # 3x3 = 9 px: under a tenth of 144 px, across blocks
     for r, c in specks:
         k += 1
         truth[r:r + 3, c:c + 3] = k

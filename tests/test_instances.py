@@ -61,21 +61,21 @@ def test_isolated_cells_do_not_grow_into_background():
 def test_min_size_and_threshold():
     p = np.zeros((2, 20, 20), np.float32)
     p[1, 2:4, 2:4] = 0.9  # 4 px
-    p[1, 10:18, 10:18] = 0.6
+    p[1, 10:20, 10:20] = 0.6
     p[0] = 1 - p[1]
     assert probabilities_to_labels(p, min_size=5, min_share=0).max() == 1
     assert probabilities_to_labels(p, min_size=1, min_share=0).max() == 2
     assert probabilities_to_labels(p, min_size=1, min_share=0, threshold=0.7).max() == 1
-    # the 4-px speck is under a fifth of the typical size (the median of 4 and 64 px)
+    # the 4-px speck is under a tenth of the typical size (the median of 4 and 100 px)
     assert probabilities_to_labels(p, min_size=1).max() == 1
 
 
 def fragments_image(shape=(60, 80)):
-    """Probabilities of six 6x6 cells, two 2x2 specks and a 2x2 cell cut by the border."""
+    """Probabilities of six 8x8 cells, two 2x2 specks and a 2x2 cell cut by the border."""
     labels = np.zeros(shape, np.int32)
     for k, (r, c) in enumerate([(5, 5), (5, 20), (5, 40), (30, 5), (30, 20), (30, 40)]):
-        labels[r:r + 6, c:c + 6] = k + 1
-    labels[45:47, 60:62] = 7  # a speck: 4 px, far under a fifth of 36 px
+        labels[r:r + 8, c:c + 8] = k + 1
+    labels[45:47, 60:62] = 7  # a speck: 4 px, under a tenth of 64 px
     labels[20:22, 65:67] = 8
     labels[0:2, 70:72] = 9  # on the border: a cut cell, kept
     return labels
@@ -90,9 +90,9 @@ def test_min_share_drops_fragments_away_from_the_border():
     assert (kept[0:2, 70:72] > 0).all()
     everything = probabilities_to_labels(probs, min_size=1, grow=0, min_share=0)
     assert everything.max() == 9
-    # a share of 0.1 keeps the specks (4 px >= 3.6 px); min_size still applies
-    assert probabilities_to_labels(probs, min_size=1, grow=0, min_share=0.1).max() == 9
-    assert probabilities_to_labels(probs, min_size=5, grow=0, min_share=0.1).max() == 6
+    # a share of 0.05 keeps the specks (4 px >= 3.2 px); min_size still applies
+    assert probabilities_to_labels(probs, min_size=1, grow=0, min_share=0.05).max() == 9
+    assert probabilities_to_labels(probs, min_size=5, grow=0, min_share=0.05).max() == 6
 
 
 def test_min_share_is_decided_per_plane():

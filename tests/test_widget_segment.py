@@ -216,7 +216,7 @@ def test_threshold_min_size_and_cell_diameter(widget, passthrough, qtbot):
         wait_done(qtbot, w)
         return np.asarray(viewer.layers[-1].data)
 
-    assert w.fragments.value  # by default the speck is a fragment: far under a fifth
+    assert w.fragments.value  # by default the speck is a fragment: far under a tenth
     w.min_size.value = 1      # of the typical cell (the median of 900 and 16 px)
     assert cells().max() == 1
     w.fragments.native.click()  # unticked: 'smallest cell' alone decides

@@ -113,7 +113,7 @@ class SegmentWidget(Container):
             tooltip="objects smaller than this many pixels (area) are dropped as noise")
         self.fragments = CheckBox(
             text="drop small fragments", value=True,
-            tooltip="drop objects under a fifth of the area of the image's typical cell "
+            tooltip="drop objects under a tenth of the area of the image's typical cell "
                     "(debris, specks of noise, the glow around a very bright nucleus), except "
                     "at the image border, where cells are cut; untick to keep every object "
                     "of at least the smallest cell size")

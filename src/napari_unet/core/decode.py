@@ -103,9 +103,9 @@ def map_labels(table: np.ndarray, labels: np.ndarray, out: np.ndarray | None = N
 
 
 #: Default ``min_share``: components under this share of the median component size of
-#: their plane (in pixels; 0.2 of the area is 0.45 of the diameter) are dropped, unless
-#: they touch the image border.
-MIN_SHARE = 0.2
+#: their plane (in pixels; 0.1 of the area is 0.32 of the diameter) are dropped, unless
+#: they touch the image border. Mitotic figures, smaller than the nuclei around them, stay.
+MIN_SHARE = 0.1
 
 
 def typical_cells(sizes: np.ndarray, kept: np.ndarray, border: np.ndarray,
