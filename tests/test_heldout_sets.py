@@ -112,3 +112,29 @@ def test_pool_radius_and_photon_ranges_are_drawn_and_recorded(pretrain, monkeypa
         lr=3e-3, scale=(0.7, 1.4), rotation=45.0, validate_every=500, seed=3, threads=0,
         device="auto", radius=(3.0, 26.0), photons=(3.0, 3000.0))
     assert "--radius 3 26 --photons 3 3000" in pretrain.recipe(args)
+
+
+def test_rescore_records_todays_figures_and_keeps_the_rest(pretrain, tmp_path, capsys):
+    """``rescore`` writes the held-out figures of today's segment into a model file; the
+    weights, recipe and everything else stay as they were."""
+    import torch
+
+    from napari_unet import UNet, load_model, save_model
+
+    torch.manual_seed(0)
+    path = save_model(UNet(depth=2, base_channels=4), tmp_path / "m.pt", weights_dtype="float16",
+                      recipe="python scripts/pretrain.py train --seed 1", target={"gap": 1},
+                      heldout_f1={"nuclei": {"as in training": -1.0}})
+    before = load_model(path)
+    out = tmp_path / "rescored.pt"
+    assert pretrain.main(["rescore", str(path), "-o", str(out), "--eval-images", "1",
+                          "--threads", "1"]) == 0
+    assert "held-out figures" in capsys.readouterr().out
+    after = load_model(out)
+    for a, b in zip(before.state_dict().values(), after.state_dict().values()):
+        assert torch.equal(a, b)
+    assert after.metadata["recipe"] == before.metadata["recipe"]
+    assert set(after.metadata["heldout_f1"]) == set(pretrain.HELDOUT)
+    scores = [f1 for kind in after.metadata["heldout_f1"].values() for f1 in kind.values()]
+    assert all(0.0 <= f1 <= 1.0 for f1 in scores)
+    assert load_model(path).metadata["heldout_f1"] == {"nuclei": {"as in training": -1.0}}
