@@ -70,6 +70,7 @@ from .decode import (
     grow_halo,
     is_three_class,
     map_labels,
+    rim_labels,
     seeds_and_region,
     typical_cells,
 )
@@ -308,7 +309,7 @@ def _local_components(
         counts = count_labels(lab, n)
         keep = counts >= max(plan.min_size, 1)
         # a component on the block's border may continue in the next block: decide later
-        keep[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+        keep[rim_labels(lab)] = True
         keep[0] = False
         sizes = counts[keep].astype(np.int64)
         if keep[1:].all():
@@ -448,8 +449,10 @@ def _merge(
             border[comp[_border_ids(summaries[key], plane_shape).astype(np.int64)
                         + offsets[key]]] = True
         cells = np.flatnonzero(keep)  # grouped by plane: one median per plane
-        cells = cells[np.argsort(comp_first[cells] // plane_pixels, kind="stable")]
-        _, starts = np.unique(comp_first[cells] // plane_pixels, return_index=True)
+        planes = comp_first[cells] // plane_pixels
+        by_plane = np.argsort(planes, kind="stable")
+        cells = cells[by_plane]
+        _, starts = np.unique(planes[by_plane], return_index=True)
         for mine in np.split(cells, starts[1:]):
             keep[mine] = typical_cells(comp_size[mine], np.ones(len(mine), bool),
                                        border[mine], min_share)

@@ -49,6 +49,7 @@ from .split import SPLIT_DEPTH, split_cells
 __all__ = [
     "probabilities_to_labels",
     "typical_cells",
+    "rim_labels",
     "MIN_SHARE",
     "seeds_and_region",
     "is_three_class",
@@ -100,6 +101,15 @@ def map_labels(table: np.ndarray, labels: np.ndarray, out: np.ndarray | None = N
             index = index + shift
         np.take(table, index, out=out[rows], mode="clip")
     return out
+
+
+def rim_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels on the outermost rows and columns of a 2D array (with repeats, 0 included).
+
+    >>> rim_labels(np.array([[1, 0, 0], [0, 2, 0], [0, 0, 3]]))
+    array([1, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 3])
+    """
+    return np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
 
 
 #: Default ``min_share``: components under this share of the median component size of
@@ -388,9 +398,10 @@ def _labels_2d(
         sizes = count_labels(labels, n)
         keep = sizes >= min_size
         keep[0] = False
-        border = np.zeros(n + 1, bool)
-        border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
-        keep = typical_cells(sizes, keep, border, min_share)
+        if min_share > 0:
+            border = np.zeros(n + 1, bool)
+            border[rim_labels(labels)] = True
+            keep = typical_cells(sizes, keep, border, min_share)
         if not keep[1:].all():
             relabel = np.zeros(n + 1, dtype=np.int32)
             relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
