@@ -8,7 +8,7 @@
 # The images are dim and noisy (about 4 photons per unit of brightness, as in gentle live
 # imaging): a case where the packaged model is not yet right, misses dim nuclei and breaks
 # noisy ones apart, and where two minutes of fine-tuning on your own kind of images fix some of
-# it (F1 0.717 -> 0.765 and 0.747 in two runs on this 2-core CPU). PHOTONS=8 makes brighter images.
+# it (F1 0.717 -> 0.747 to 0.765 in four runs on this 2-core CPU). PHOTONS=8 makes brighter images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
