@@ -738,7 +738,7 @@ FINETUNE_CONDITIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _annotated_rows(labels: np.ndarray, n_cells: int) -> int:
+def annotated_rows(labels: np.ndarray, n_cells: int) -> int:
     """Smallest top band (rows) that holds ``n_cells`` whole cells."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
@@ -772,7 +772,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             continue
         image, truth = next(heldout_images("nuclei", kw, 1, a.seed, (a.size, a.size)))
         n_all = np.count_nonzero(np.unique(truth))
-        band = _annotated_rows(truth, min(a.cells, n_all // 3))  # leave most cells for testing
+        band = annotated_rows(truth, min(a.cells, n_all // 3))  # leave most cells for testing
         inside = np.unique(truth[:band])
         inside = inside[inside > 0]
         labels = np.where(np.isin(truth, inside) & (np.arange(a.size)[:, None] < band), truth, 0)
