@@ -36,8 +36,9 @@ from napari_unet.core import metrics  # noqa: E402
 from napari_unet.core.training import iter_train  # noqa: E402
 
 
-def f1(truth: np.ndarray, image: np.ndarray, model) -> float:
-    return metrics.match(truth, segment(image, model), 0.5).f1
+def f1(truth: np.ndarray, image: np.ndarray, model, rows: slice = slice(None)) -> float:
+    """F1@0.5 of the model's segmentation of ``image`` against ``truth``, on ``rows``."""
+    return metrics.match(truth[rows], segment(image, model)[rows], 0.5).f1
 
 
 def quickstart(a: argparse.Namespace) -> None:
@@ -63,50 +64,46 @@ def quickstart(a: argparse.Namespace) -> None:
     print(f"kept model: new image F1 {f1(truth, new, r.model):.3f}")
 
 
+def toward(average: dict | None, state: dict, weight: float) -> dict:
+    """``average`` moved toward ``state`` by ``weight`` (a copy of ``state`` at first)."""
+    if average is None:
+        return {k: v.float().clone() for k, v in state.items()}
+    for k, v in state.items():
+        average[k].lerp_(v.float(), weight)
+    return average
+
+
 def average(a: argparse.Namespace) -> None:
     name, kw = pretrain.FINETUNE_CONDITIONS[1]  # packed clusters
-    size, seed = 1024, 11
-    image, truth = next(pretrain.heldout_images("nuclei", kw, 1, seed, (size, size)))
-    n_all = np.count_nonzero(np.unique(truth))
-    band = pretrain.annotated_rows(truth, min(36, n_all // 3))
-    inside = np.unique(truth[:band])
-    inside = inside[inside > 0]
-    labels = np.where(np.isin(truth, inside) & (np.arange(size)[:, None] < band), truth, 0)
-    test = slice(band + 8, None)
+    seed, size = 11, 1024  # pretrain.py finetune's defaults, as its 36 painted cells
+    image, truth, labels, band, test = pretrain.finetune_case(kw, 36, seed, size)
     start = load_model("default")
-    print(f"{name}: out of the box "
-          f"{metrics.match(truth[test], segment(image, start)[test], 0.5).f1:.3f}", flush=True)
 
-    def score(state: dict) -> float:
-        model = copy.deepcopy(start)
-        model.load_state_dict(state)
-        return metrics.match(truth[test], segment(image, model)[test], 0.5).f1
+    def score(state: dict | None = None) -> float:
+        model = start
+        if state is not None:
+            model = copy.deepcopy(start)
+            model.load_state_dict(state)
+        return f1(truth, image, model, test)
 
-    gen = iter_train(image, labels, load_model("default"), regions=[(0, 0, band, size)],
-                     max_steps=a.steps, seed=seed, lr=a.lr, validation=0, report_interval=0)
-    ema = {0.95: None, 0.99: None}
+    print(f"{name}: out of the box {score():.3f}", flush=True)
+    gen = iter_train(image, labels, start, regions=[(0, 0, band, size)], max_steps=a.steps,
+                     seed=seed, lr=a.lr, validation=0, report_interval=0)
+    ema: dict[float, dict | None] = {0.95: None, 0.99: None}
     mean, n_mean, last = None, 0, -1
     for rec in gen:
         if rec.phase != "train" or rec.step == last:
             continue
         last = rec.step
-        sd = {k: v.detach().clone().float() for k, v in gen.current_model().state_dict().items()}
+        state = gen.current_model().state_dict()  # a copy
         for d in ema:
-            if ema[d] is None:
-                ema[d] = {k: v.clone() for k, v in sd.items()}
-            else:
-                for k in sd:
-                    ema[d][k].mul_(d).add_(sd[k], alpha=1 - d)
+            ema[d] = toward(ema[d], state, 1 - d)
         if rec.step >= 50:
             n_mean += 1
-            if mean is None:
-                mean = {k: v.clone() for k, v in sd.items()}
-            else:
-                for k in sd:
-                    mean[k].add_(sd[k] - mean[k], alpha=1 / n_mean)
+            mean = toward(mean, state, 1 / n_mean)
         if rec.step % 50 == 0 and rec.step >= 100 or rec.step == a.steps:
-            row = [f"last {score(sd):.3f}"] + [f"average {d} {score(e):.3f}"
-                                               for d, e in ema.items()]
+            row = [f"last {score(state):.3f}"] + [f"average {d} {score(e):.3f}"
+                                                  for d, e in ema.items()]
             if mean is not None:
                 row.append(f"mean from step 50 {score(mean):.3f}")
             print(f"  step {rec.step:4d}: " + "  ".join(row), flush=True)

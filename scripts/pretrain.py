@@ -738,7 +738,7 @@ FINETUNE_CONDITIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def annotated_rows(labels: np.ndarray, n_cells: int) -> int:
+def _annotated_rows(labels: np.ndarray, n_cells: int) -> int:
     """Smallest top band (rows) that holds ``n_cells`` whole cells."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
@@ -747,6 +747,21 @@ def annotated_rows(labels: np.ndarray, n_cells: int) -> int:
     np.maximum.at(last_row, labels[labels > 0], rows)
     ends = np.sort(last_row[ids])
     return int(ends[min(n_cells, ends.size) - 1]) + 1
+
+
+def finetune_case(kw: dict[str, Any], cells: int, seed: int, size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, slice]:
+    """One fine-tuning condition: the held-out image and its true labels, the labels of the
+    painted top band (the cells that reach into it, labelled inside it; ``cells`` whole
+    cells, at most a third of the image's, to leave most for scoring), the band's height,
+    and the rows scored (below the band)."""
+    image, truth = next(heldout_images("nuclei", kw, 1, seed, (size, size)))
+    n_all = np.count_nonzero(np.unique(truth))
+    band = _annotated_rows(truth, min(cells, n_all // 3))
+    inside = np.unique(truth[:band])
+    inside = inside[inside > 0]
+    labels = np.where(np.isin(truth, inside) & (np.arange(size)[:, None] < band), truth, 0)
+    return image, truth, labels, band, slice(band + 8, None)
 
 
 def keep_by_rule(checks: list[tuple[int, float, float, float]], cells: int | None,
@@ -770,14 +785,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     for name, kw in FINETUNE_CONDITIONS:
         if a.only and name not in a.only:
             continue
-        image, truth = next(heldout_images("nuclei", kw, 1, a.seed, (a.size, a.size)))
-        n_all = np.count_nonzero(np.unique(truth))
-        band = annotated_rows(truth, min(a.cells, n_all // 3))  # leave most cells for testing
-        inside = np.unique(truth[:band])
-        inside = inside[inside > 0]
-        labels = np.where(np.isin(truth, inside) & (np.arange(a.size)[:, None] < band), truth, 0)
+        image, truth, labels, band, test = finetune_case(kw, a.cells, a.seed, a.size)
         region = (0, 0, band, a.size)
-        test = slice(band + 8, None)  # evaluate below the band
 
         def score(model: Any, image: np.ndarray = image, truth: np.ndarray = truth,
                   test: slice = test) -> float:
@@ -805,8 +814,9 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             kept.append(f"step {r.best_step}/{r.steps}" + (
                 "" if r.best_val_f1 is None else f" (val F1 {r.best_val_f1:.2f} on "
                 f"{r.val_cells} cells, start {start_f1})"))
+        n_painted = np.count_nonzero(np.unique(labels))
         n_test = np.count_nonzero(np.unique(truth[test]))
-        print(f"{name:28s} {inside.size:5d} {n_test:5d} {row[0]:10.3f} {row[1]:10.3f} "
+        print(f"{name:28s} {n_painted:5d} {n_test:5d} {row[0]:10.3f} {row[1]:10.3f} "
               f"{row[2]:8.3f}   kept: fine-tuned {kept[0]}; new net {kept[1]}", flush=True)
         if a.trajectory and checks:
             scored = [(step, vf, vl, score(m)) for step, vf, vl, m in checks]
