@@ -5,6 +5,10 @@ Two measurements behind docs/models.md ("Fine-tuning on a few of your cells"):
 * ``quickstart``: the quickstart's fine-tuning (its eight labelled images, 120 s, seed 0,
   the packaged model as start), each checked model scored (F1@0.5) on the quickstart's new
   image. Run ``bash scripts/quickstart.sh`` first: it writes the images to ``out/``.
+* ``schedule``: the quickstart's fine-tuning with another learning-rate schedule (``--lr``,
+  ``--final-lr``: cosine decay to that share of the peak over the 120 s), once per seed; the
+  kept and the last model scored on the new image. Without ``--lr`` and ``--final-lr`` it is
+  the engine's default (3e-4, no decay).
 * ``average``: the packed-clusters run of ``scripts/pretrain.py finetune`` (72 painted
   cells of a 1024 x 1024 image, seed 11), for a fixed number of steps without validation;
   the last weights, their exponential averages and their mean from step 50 on, scored on
@@ -13,6 +17,7 @@ Two measurements behind docs/models.md ("Fine-tuning on a few of your cells"):
 Usage::
 
     python benchmarks/finetune_checks.py quickstart [--out out] [--seconds 120]
+    python benchmarks/finetune_checks.py schedule [--lr 1e-3 --final-lr 0.05] [--seeds 0 1 2 3]
     python benchmarks/finetune_checks.py average [--steps 200] [--lr 3e-4]
 """
 
@@ -41,15 +46,20 @@ def f1(truth: np.ndarray, image: np.ndarray, model, rows: slice = slice(None)) -
     return metrics.match(truth[rows], segment(image, model)[rows], 0.5).f1
 
 
-def quickstart(a: argparse.Namespace) -> None:
-    out = Path(a.out)
+def quickstart_data(folder: str) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """The quickstart's eight training images and labels, its new image and its truth."""
+    out = Path(folder)
     paths = sorted((out / "train").glob("nuclei_00?.tif"))
     if not paths:
         raise SystemExit(f"no quickstart images in {out}/train: run bash scripts/quickstart.sh")
     images = [tifffile.imread(p) for p in paths]
     labels = [tifffile.imread(p.with_name(p.stem + "_labels.tif")) for p in paths]
-    new = tifffile.imread(out / "new" / "nuclei_000.tif")
-    truth = tifffile.imread(out / "new" / "nuclei_000_labels.tif")
+    return (images, labels, tifffile.imread(out / "new" / "nuclei_000.tif"),
+            tifffile.imread(out / "new" / "nuclei_000_labels.tif"))
+
+
+def quickstart(a: argparse.Namespace) -> None:
+    images, labels, new, truth = quickstart_data(a.out)
     start = load_model("default")
     print(f"out of the box: new image F1 {f1(truth, new, start):.3f}", flush=True)
     gen = iter_train(images, labels, start, max_time=a.seconds, seed=0)
@@ -62,6 +72,21 @@ def quickstart(a: argparse.Namespace) -> None:
         print(f"  step {step:4d}: val F1 {vf:.3f}  val loss {vl:.4f}  "
               f"new image F1 {f1(truth, new, model):.3f}", flush=True)
     print(f"kept model: new image F1 {f1(truth, new, r.model):.3f}")
+
+
+def schedule(a: argparse.Namespace) -> None:
+    images, labels, new, truth = quickstart_data(a.out)
+    print(f"out of the box: new image F1 {f1(truth, new, load_model('default')):.3f}; "
+          f"peak rate {a.lr or 'default'}, final share {a.final_lr or 'default'}", flush=True)
+    for seed in a.seeds:
+        gen = iter_train(images, labels, load_model("default"), max_time=a.seconds, seed=seed,
+                         lr=a.lr, final_lr_fraction=a.final_lr)
+        for _ in gen:
+            pass
+        r = gen.result
+        print(f"  seed {seed}: {r.steps} steps, kept step {r.best_step}: new image F1 "
+              f"{f1(truth, new, r.model):.3f}; last model "
+              f"{f1(truth, new, gen.current_model()):.3f}", flush=True)
 
 
 def toward(average: dict | None, state: dict, weight: float) -> dict:
@@ -116,6 +141,13 @@ def main() -> None:
     q.add_argument("--out", default=str(ROOT / "out"))
     q.add_argument("--seconds", type=float, default=120.0)
     q.set_defaults(func=quickstart)
+    s = sub.add_parser("schedule")
+    s.add_argument("--out", default=str(ROOT / "out"))
+    s.add_argument("--seconds", type=float, default=120.0)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--final-lr", type=float, default=None)
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    s.set_defaults(func=schedule)
     v = sub.add_parser("average")
     v.add_argument("--steps", type=int, default=200)
     v.add_argument("--lr", type=float, default=3e-4)

@@ -801,7 +801,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                 break
             gen = iter_train(image, labels, start if start is not None else new_model(),
                              regions=[region], max_time=a.seconds, seed=a.seed,
-                             lr=a.lr if start is not None else None)
+                             lr=a.lr if start is not None else None,
+                             final_lr_fraction=a.final_lr if start is not None else None)
             for rec in gen:
                 if a.trajectory and rec.val_f1 is not None and rec.phase == "train":
                     # the weights just checked (no step runs before the next record)
@@ -994,6 +995,9 @@ def main(argv: list[str] | None = None) -> int:
                         "and say which one each keep rule would keep (no new network)")
     f.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of the fine-tuning (default: the engine's)")
+    f.add_argument("--final-lr", type=float, default=None,
+                   help="the fine-tuning's learning rate at the end of its time, as a share of "
+                   "its peak (cosine decay; default: the engine's)")
     f.set_defaults(func=cmd_finetune)
     h = sub.add_parser("heldout", help="statistics and digests of the held-out sets; with -o, "
                        "write them as TIFF images and labels")
